@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The project's one test command: installs everything it needs, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh backend,test
+exec .venv/bin/python -m pytest -q "$@"
