@@ -1,0 +1,279 @@
+"""Interactive inference with a per-image session cache.
+
+`predict` runs the whole network once per image and keeps a Session: the encoder output the
+decoder needs, the top-`num_select` persons (round 0) and the current state. `refine` then runs only
+the pose layers of the decoder (one feedback round) on that cached state, which is what makes
+clicks cheap. Sessions live in a bounded, thread-safe LRU cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import build_from_checkpoint
+from .config import ClickPoseConfig
+from .image import as_rgb_array
+from .interaction import apply_clicks
+from .postprocess import person_scores, select_top, split_keypoints, to_pixels
+from .preprocess import preprocess
+from .types import Click, Person
+from .weights import WeightsInfo, announce, describe_weights, resolve_default
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[np.ndarray, Callable[[], np.ndarray]]
+
+
+class SessionNotFound(KeyError):
+    """refine() was called for an image that is not (or no longer) cached, and no image was given."""
+
+    def __str__(self) -> str:
+        return (f"no cached session for image {self.args[0]!r} (never predicted, or evicted from "
+                "the cache); call predict() first or pass `image` to refine()")
+
+
+@dataclass
+class State:
+    """Normalised person rows of one image: boxes [R, 4] cxcywh, keypoints [R, K, 2], logits [R, 2]."""
+    boxes: torch.Tensor
+    keypoints: torch.Tensor
+    logits: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.boxes, self.keypoints, self.logits]
+
+
+@dataclass
+class Session:
+    """What is kept per image between calls.
+
+    size: original (H, W); memory: the model's EncoderMemory for this image (batch size 1);
+    round0: the top-num_select persons of the full forward; state: the latest round's output;
+    clicks: (person, joint) -> Click in pixels, all clicks applied so far; persons: latest result.
+    """
+    key: str
+    size: tuple[int, int]
+    memory: Any
+    round0: State
+    state: State
+    clicks: dict[tuple[int, int], Click] = field(default_factory=dict)
+    persons: list[Person] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by this session's tensors (encoder memory and person states)."""
+        own = sum(t.numel() * t.element_size() for s in (self.round0, self.state) for t in s.tensors())
+        return int(self.memory.nbytes()) + own
+
+    @property
+    def click_list(self) -> list[Click]:
+        return list(self.clicks.values())
+
+
+class Predictor:
+    """Click-Pose inference for one model; see docs/CONTRACT.md.
+
+    device: 'cpu' or 'cuda[:n]'; cache_size: sessions kept (least recently used is dropped);
+    grow_boxes: make every returned box hold its keypoints (the official click-step box rule,
+    applied to outputs too) so a box never cuts through its own skeleton.
+    """
+
+    def __init__(self, model: nn.Module, weights_info: WeightsInfo | None = None,
+                 device: str | torch.device = "cpu", cache_size: int = 32, grow_boxes: bool = True):
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, got {cache_size}")
+        self.device = _device(device)
+        self.model = model.to(self.device, torch.float32).eval()
+        self.config: ClickPoseConfig = model.config
+        self.cache_size = cache_size
+        self.grow_boxes = grow_boxes
+        self.weights_info = weights_info.to_dict() if weights_info else {
+            "path": None, "kind": "custom", "sha256": None, "licence": "unknown",
+            "model_version": "clickpose-untracked"}
+        self.model_version: str = self.weights_info["model_version"]
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | None = None, device: str | torch.device = "cpu",
+                        cache_size: int = 32, weights_dir: str = "weights", **kwargs: Any) -> "Predictor":
+        """Build from a weights file; None picks `weights.resolve_default(weights_dir)`."""
+        if path is None:
+            path = resolve_default(weights_dir).path
+        model, ckpt = build_from_checkpoint(path, device="cpu")
+        info = describe_weights(path, licence=ckpt.meta.get("licence"))
+        announce(info)
+        return cls(model, info, device=device, cache_size=cache_size, **kwargs)
+
+    # ---- full model -------------------------------------------------------------------------
+    def predict(self, key: str, image: np.ndarray) -> list[Person]:
+        """Detect the top num_select persons (best first); starts a fresh session for `key`."""
+        return self.predict_batch([key], [image])[0]
+
+    def predict_batch(self, keys: Sequence[str], images: Sequence[np.ndarray]) -> list[list[Person]]:
+        """Batched `predict`: one padded forward pass for all images."""
+        if len(keys) != len(images):
+            raise ValueError(f"got {len(keys)} keys for {len(images)} images")
+        if len(set(keys)) != len(keys):
+            raise ValueError("keys must be distinct within one batch")
+        rgb = [as_rgb_array(img, f"image {key!r}") for key, img in zip(keys, images)]
+        batch = preprocess(rgb, self.config, torch.float32, self.device)
+        with torch.inference_mode():
+            mem = self.model.encode(batch.images, batch.masks)
+            top = select_top(self.model.decode(mem), self.config.num_select)
+        results = []
+        for i, key in enumerate(keys):
+            state = State(top["pred_boxes"][i],
+                          split_keypoints(top["pred_keypoints"][i], self.config.num_keypoints),
+                          top["pred_logits"][i])
+            own = _compact(mem.select(i), alone=len(keys) == 1)
+            session = Session(key, batch.sizes[i], own, state, state)
+            session.persons = self._persons(session, pinned=False)
+            self._put(session)
+            results.append(session.persons)
+        return results
+
+    # ---- feedback rounds --------------------------------------------------------------------
+    def refine(self, key: str, clicks: Sequence[Click], image: ImageInput | None = None,
+               replace: bool = False, pinned: bool = True) -> list[Person]:
+        """Run one feedback round with all clicks so far; return persons best first.
+
+        clicks are in original-image pixels. A click on an already clicked (person, joint)
+        replaces it; replace=True makes `clicks` the whole click set (dropping a click restarts
+        from round 0). pinned=True holds clicked joints exactly (product default); pinned=False is
+        the official behaviour (clicked joints move like the others). On a cache miss the image
+        (array, or callable returning one) is run through `predict` first, else SessionNotFound.
+        """
+        session = self._get(key)
+        if session is None:
+            if image is None:
+                raise SessionNotFound(key)
+            logger.info("session %r not cached; recomputing the full model", key)
+            self.predict(key, image() if callable(image) else image)
+            session = self._get(key)
+        with session.lock:
+            merged = {} if replace else dict(session.clicks)
+            for i, click in enumerate(clicks):
+                merged[(click.person, click.joint)] = _check_pixel_click(i, click, session.size)
+            if merged == session.clicks:
+                return session.persons  # nothing new: another round would only drift
+            restart = any(k not in merged for k in session.clicks)
+            start = session.round0 if restart else session.state
+            session.state = self._round(session, start, list(merged.values()), pinned) if merged else session.round0
+            session.clicks = merged
+            session.persons = self._persons(session, pinned)
+            return session.persons
+
+    def _round(self, session: Session, start: State, clicks: list[Click], pinned: bool) -> State:
+        h, w = session.size
+        normalised = [Click(c.person, c.joint, c.x / w, c.y / h) for c in clicks]
+        boxes, kpts, pin = apply_clicks(start.boxes, start.keypoints, normalised)
+        with torch.inference_mode():
+            out = self.model.refine(session.memory, boxes[None], kpts[None],
+                                    pin[None] if pinned else None)
+        return State(out["pred_boxes"][0],
+                     split_keypoints(out["pred_keypoints"][0], self.config.num_keypoints),
+                     out["pred_logits"][0])
+
+    # ---- results ----------------------------------------------------------------------------
+    def _persons(self, session: Session, pinned: bool) -> list[Person]:
+        state = session.state
+        boxes, kpts = to_pixels(state.boxes.double(), state.keypoints.double(), session.size)
+        boxes, kpts = boxes.cpu().numpy(), kpts.cpu().numpy()
+        scores = person_scores(state.logits.double()).cpu().numpy()
+        clicked = np.zeros(kpts.shape[:2], dtype=bool)
+        for (p, k), c in session.clicks.items():
+            clicked[p, k] = True
+            if pinned:  # exact pixels, free of the float32 round trip through normalised units
+                kpts[p, k] = (c.x, c.y)
+        if self.grow_boxes:
+            boxes[:, :2] = np.minimum(boxes[:, :2], kpts.min(axis=1))
+            boxes[:, 2:] = np.maximum(boxes[:, 2:], kpts.max(axis=1))
+        order = np.argsort(-scores, kind="stable")
+        return [Person(int(r), float(scores[r]), boxes[r].copy(), kpts[r].copy(), clicked[r].copy())
+                for r in order]
+
+    # ---- cache ------------------------------------------------------------------------------
+    def session(self, key: str) -> Session | None:
+        """The cached session of `key` (marks it recently used), or None."""
+        return self._get(key)
+
+    def cache_bytes(self, key: str) -> int:
+        """Bytes held for `key`, 0 when not cached."""
+        s = self._get(key)
+        return s.nbytes if s else 0
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._sessions.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+    def cached_keys(self) -> list[str]:
+        """Keys from least to most recently used."""
+        with self._lock:
+            return list(self._sessions)
+
+    def _get(self, key: str) -> Session | None:
+        with self._lock:
+            s = self._sessions.get(key)
+            if s is not None:
+                self._sessions.move_to_end(key)
+            return s
+
+    def _put(self, session: Session) -> None:
+        with self._lock:
+            self._sessions[session.key] = session
+            self._sessions.move_to_end(session.key)
+            while len(self._sessions) > self.cache_size:
+                evicted, _ = self._sessions.popitem(last=False)
+                logger.debug("evicted session %r", evicted)
+
+
+def _compact(mem: Any, alone: bool) -> Any:
+    """Smallest EncoderMemory that still supports refine, owning its storage.
+
+    A row selected from a batch is a view that would keep the whole batch alive, so it is copied.
+    """
+    if hasattr(mem, "for_refinement"):
+        mem = mem.for_refinement()
+    if alone or not dataclasses.is_dataclass(mem):
+        return mem
+    copies = {}
+    for f in dataclasses.fields(mem):
+        v = getattr(mem, f.name)
+        if isinstance(v, torch.Tensor):
+            copies[f.name] = v.clone()
+        elif isinstance(v, list) and all(isinstance(t, torch.Tensor) for t in v):
+            copies[f.name] = [t.clone() for t in v]
+    return dataclasses.replace(mem, **copies)
+
+
+def _check_pixel_click(i: int, click: Click, size: tuple[int, int]) -> Click:
+    if not isinstance(click, Click):
+        raise ValueError(f"click {i}: expected a Click, got {type(click).__name__}")
+    if not (math.isfinite(click.x) and math.isfinite(click.y)):
+        raise ValueError(f"click {i} {click}: coordinates must be finite numbers")
+    h, w = size
+    x, y = min(max(float(click.x), 0.0), float(w)), min(max(float(click.y), 0.0), float(h))
+    # A joint dragged past the border is held at the border: the model only knows [0, 1] units.
+    return click if (x, y) == (click.x, click.y) else Click(click.person, click.joint, x, y)
+
+
+def _device(device: str | torch.device) -> torch.device:
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use 'cpu'")
+    return d
