@@ -72,8 +72,8 @@ def test_refine_pins_clicked_joint_and_moves_the_rest(model):
     click = Click(1, 9, 33.3, 71.7)
     after = _by_index(pred.refine("a", [click]))
     assert after[1].keypoints[9].tolist() == [33.3, 71.7]  # exactly, in pixels
-    held = pred.session("a").state.keypoints[1, 9]  # the model itself kept it (float32 units)
-    assert held.tolist() == torch.tensor([33.3 / W, 71.7 / H], dtype=torch.float32).tolist()
+    held = pred.session("a").state.keypoints[1, 9]  # the model itself kept it (normalised)
+    assert torch.allclose(held, torch.tensor([33.3 / W, 71.7 / H]), rtol=0, atol=1e-6)
     assert after[1].clicked.tolist() == [j == 9 for j in range(17)]
     others = np.delete(np.arange(17), 9)
     assert np.abs(after[1].keypoints[others] - before[1].keypoints[others]).max() > 1e-3
