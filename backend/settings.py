@@ -1,0 +1,102 @@
+"""Backend settings, read once from the environment.
+
+Every knob of the deployment is an environment variable so that the same image runs under
+docker compose, gunicorn on a workstation and the tests. `docs/backend.md` has the table.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the backend cannot use."""
+
+
+def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _url(env: dict[str, str], name: str) -> str:
+    raw = env.get(name, "").strip().rstrip("/")
+    if raw and urlparse(raw).scheme not in ("http", "https"):
+        raise SettingsError(f"{name} must start with http:// or https://, got {raw!r}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All environment-driven settings. `repr` hides the secrets so a logged Settings is safe."""
+
+    label_studio_url: str = ""                   # LABEL_STUDIO_URL: where images are downloaded from
+    label_studio_api_key: str = field(default="", repr=False)   # LABEL_STUDIO_API_KEY
+    weights: str | None = None                   # CLICKPOSE_WEIGHTS: checkpoint path; None = default weights
+    device: str = "cpu"                          # CLICKPOSE_DEVICE
+    cache_size: int = 32                         # CLICKPOSE_CACHE_SIZE: interactive sessions kept per process
+    workers: int = 1                             # WORKERS (gunicorn)
+    threads: int = 4                             # THREADS (gunicorn)
+    basic_auth_user: str = ""                    # BASIC_AUTH_USER
+    basic_auth_pass: str = field(default="", repr=False)        # BASIC_AUTH_PASS
+    log_level: str = "INFO"                      # LOG_LEVEL
+    score_threshold: float = 0.3                 # MODEL_SCORE_THRESHOLD: default when the config sets none
+    allowed_hosts: tuple[str, ...] = ()          # ALLOWED_IMAGE_HOSTS: extra hosts images may come from
+    max_image_bytes: int = 20 * 1024 * 1024      # MAX_IMAGE_BYTES
+    max_image_pixels: int = 40_000_000           # MAX_IMAGE_PIXELS
+    fetch_timeout: float = 10.0                  # IMAGE_FETCH_TIMEOUT (seconds, connect and each read)
+    max_request_bytes: int = 32 * 1024 * 1024    # MAX_REQUEST_BYTES: body cap of every request
+    batch_size: int = 4                          # PREDICT_BATCH_SIZE: images per full-model forward
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
+        user, password = env.get("BASIC_AUTH_USER", ""), env.get("BASIC_AUTH_PASS", "")
+        if bool(user) != bool(password):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        hosts = tuple(h.strip().lower() for h in env.get("ALLOWED_IMAGE_HOSTS", "").split(",") if h.strip())
+        return cls(
+            label_studio_url=_url(env, "LABEL_STUDIO_URL"),
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip(),
+            weights=env.get("CLICKPOSE_WEIGHTS", "").strip() or None,
+            device=env.get("CLICKPOSE_DEVICE", "cpu").strip() or "cpu",
+            cache_size=_int(env, "CLICKPOSE_CACHE_SIZE", 32, minimum=1),
+            workers=_int(env, "WORKERS", 1, minimum=1),
+            threads=_int(env, "THREADS", 4, minimum=1),
+            basic_auth_user=user,
+            basic_auth_pass=password,
+            log_level=level,
+            score_threshold=_float(env, "MODEL_SCORE_THRESHOLD", 0.3),
+            allowed_hosts=hosts,
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+            fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 10.0),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),
+            batch_size=_int(env, "PREDICT_BATCH_SIZE", 4, minimum=1),
+        )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never reach a log line."""
+        return tuple(s for s in (self.label_studio_api_key, self.basic_auth_pass) if s)
