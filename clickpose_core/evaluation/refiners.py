@@ -1,0 +1,83 @@
+"""Interactive annotators under evaluation: anything with `predict` and `refine`.
+
+The runner only needs the `Refiner` protocol, so the model (pinned product mode or official
+unpinned mode) and the "model + manual correction" baseline are measured by the same code.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from clickpose_core.types import Click, Person
+
+
+class Refiner(Protocol):
+    """predict(image_id, image RGB uint8 [H, W, 3]) -> people; refine(image_id, clicks) -> people.
+
+    People carry a stable `index` (the session row clicks refer to); `refine` gets only the
+    clicks of the new round and returns every person of the image after that round.
+    """
+
+    name: str
+
+    def predict(self, image_id: int, image: np.ndarray) -> list[Person]: ...
+
+    def refine(self, image_id: int, clicks: Sequence[Click]) -> list[Person]: ...
+
+
+class PredictorRefiner:
+    """Click-Pose through `clickpose_core.predictor.Predictor`.
+
+    pinned=True is the product mode (every click so far is held in place by the decoder);
+    pinned=False is the official evaluation loop, where only the current round's clicks are
+    held and earlier ones may be moved again by the refinement.
+    """
+
+    def __init__(self, predictor, pinned: bool = True, name: str | None = None):
+        self.predictor = predictor
+        self.pinned = bool(pinned)
+        self.name = name or ("clickpose-pinned" if pinned else "clickpose-official")
+
+    def _key(self, image_id: int) -> str:
+        return f"eval:{self.name}:{image_id}"
+
+    def predict(self, image_id: int, image: np.ndarray) -> list[Person]:
+        return list(self.predictor.predict(self._key(image_id), image))
+
+    def refine(self, image_id: int, clicks: Sequence[Click]) -> list[Person]:
+        return list(self.predictor.refine(self._key(image_id), list(clicks), replace=False,
+                                          pinned=self.pinned))
+
+
+class ManualCorrection:
+    """Baseline: the model predicts once, then each click fixes exactly the clicked joint.
+
+    Nothing else moves and scores stay; a clicked person's box grows to hold its keypoints (the
+    same box rule as the interactive model), so box AP stays comparable.
+    """
+
+    def __init__(self, base: Refiner, name: str = "model+manual"):
+        self.base = base
+        self.name = name
+        self._people: dict[int, dict[int, Person]] = {}
+
+    def predict(self, image_id: int, image: np.ndarray) -> list[Person]:
+        people = self.base.predict(image_id, image)
+        self._people[image_id] = {p.index: p for p in people}
+        return list(people)
+
+    def refine(self, image_id: int, clicks: Sequence[Click]) -> list[Person]:
+        if image_id not in self._people:
+            raise KeyError(f"refine before predict for image {image_id}")
+        people = self._people[image_id]
+        for c in clicks:
+            if c.person not in people:
+                raise KeyError(f"click on unknown person {c.person} in image {image_id}")
+            p = people[c.person]
+            kp, clicked = p.keypoints.copy(), p.clicked.copy()
+            kp[c.joint] = (c.x, c.y)
+            clicked[c.joint] = True
+            box = np.concatenate([np.minimum(p.box[:2], kp.min(0)), np.maximum(p.box[2:], kp.max(0))])
+            people[c.person] = Person(index=p.index, score=p.score, box=box, keypoints=kp, clicked=clicked)
+        return sorted(people.values(), key=lambda q: -q.score)
