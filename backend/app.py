@@ -105,6 +105,13 @@ def _error(status: int, message: str):
     return jsonify({"status": status, "error": message}), status
 
 
+def _check_size(settings: Settings) -> Any:
+    # get_json(silent=True) would swallow Werkzeug's own 413, so the cap is checked up front.
+    if request.content_length is not None and request.content_length > settings.max_request_bytes:
+        return _error(413, f"request body is larger than MAX_REQUEST_BYTES ({settings.max_request_bytes} bytes)")
+    return None
+
+
 def _check_basic_auth(settings: Settings) -> Any:
     if not settings.basic_auth_user or request.path in ("/health", "/"):
         return None  # health stays open for container health checks; it reveals no secret
@@ -143,7 +150,8 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fla
                                      if f is not ls_api.log_response_info]
     if not any(getattr(f, "_clickpose_auth", False) for f in app.before_request_funcs[None]):
         def auth_hook() -> Any:
-            return _check_basic_auth(app.config["clickpose_settings"])
+            current = app.config["clickpose_settings"]
+            return _check_basic_auth(current) or _check_size(current)
         auth_hook._clickpose_auth = True  # type: ignore[attr-defined]
         app.before_request_funcs[None].insert(0, auth_hook)
 
