@@ -81,3 +81,55 @@ class ManualCorrection:
             box = np.concatenate([np.minimum(p.box[:2], kp.min(0)), np.maximum(p.box[2:], kp.max(0))])
             people[c.person] = Person(index=p.index, score=p.score, box=box, keypoints=kp, clicked=clicked)
         return sorted(people.values(), key=lambda q: -q.score)
+
+
+class OfficialLoop:
+    """Click-Pose exactly as the official evaluation loop runs it (`human_feedback_loop_*`).
+
+    Each round starts from the previous round's output, sets only this round's clicked joints,
+    holds only those (the official delta mask) and grows only the clicked rows' boxes; earlier
+    clicks are not re-applied, so the refinement may move them again. Output boxes are the
+    decoder's, not grown. The Predictor is used for the full forward pass; the rounds then drive
+    `model.refine` on its cached encoder output without touching the Predictor's own session.
+    """
+
+    def __init__(self, predictor, name: str = "clickpose-official"):
+        self.predictor = predictor
+        self.name = name
+        self._state: dict[int, tuple] = {}
+
+    def _key(self, image_id: int) -> str:
+        return f"eval:{self.name}:{image_id}"
+
+    def predict(self, image_id: int, image: np.ndarray) -> list[Person]:
+        people = list(self.predictor.predict(self._key(image_id), image))
+        s = self.predictor.session(self._key(image_id))
+        r0 = s.round0
+        self._state[image_id] = (s.memory, s.size, r0.boxes, r0.keypoints, r0.logits,
+                                 np.zeros(tuple(r0.keypoints.shape[:2]), dtype=bool))
+        return people
+
+    def refine(self, image_id: int, clicks: Sequence[Click]) -> list[Person]:
+        import torch
+
+        from clickpose_core.interaction import apply_clicks
+        from clickpose_core.postprocess import person_scores, split_keypoints, to_pixels
+
+        if image_id not in self._state:
+            raise KeyError(f"refine before predict for image {image_id}")
+        memory, (h, w), boxes, kpts, _, clicked = self._state[image_id]
+        model = self.predictor.model
+        norm = [Click(c.person, c.joint, c.x / w, c.y / h) for c in clicks]
+        boxes, kpts, pin = apply_clicks(boxes, kpts, norm)        # pin: this round's clicks only
+        with torch.inference_mode():
+            out = model.refine(memory, boxes[None], kpts[None], pin[None])
+        boxes = out["pred_boxes"][0]
+        kpts = split_keypoints(out["pred_keypoints"][0], model.config.num_keypoints)
+        logits = out["pred_logits"][0]
+        clicked = clicked | pin.cpu().numpy()
+        self._state[image_id] = (memory, (h, w), boxes, kpts, logits, clicked)
+        pb, pk = to_pixels(boxes.double(), kpts.double(), (h, w))
+        scores = person_scores(logits.double()).cpu().numpy()
+        pb, pk = pb.cpu().numpy(), pk.cpu().numpy()
+        order = np.argsort(-scores, kind="stable")
+        return [Person(int(r), float(scores[r]), pb[r].copy(), pk[r].copy(), clicked[r].copy()) for r in order]
