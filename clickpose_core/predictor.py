@@ -122,6 +122,9 @@ class Predictor:
 
     def predict_batch(self, keys: Sequence[str], images: Sequence[np.ndarray]) -> list[list[Person]]:
         """Batched `predict`: one padded forward pass for all images."""
+        return [session.persons for session in self._start_sessions(keys, images)]
+
+    def _start_sessions(self, keys: Sequence[str], images: Sequence[np.ndarray]) -> list[Session]:
         if len(keys) != len(images):
             raise ValueError(f"got {len(keys)} keys for {len(images)} images")
         if len(set(keys)) != len(keys):
@@ -131,7 +134,7 @@ class Predictor:
         with torch.inference_mode():
             mem = self.model.encode(batch.images, batch.masks)
             top = select_top(self.model.decode(mem), self.config.num_select)
-        results = []
+        sessions = []
         for i, key in enumerate(keys):
             state = State(top["pred_boxes"][i],
                           split_keypoints(top["pred_keypoints"][i], self.config.num_keypoints),
@@ -140,8 +143,8 @@ class Predictor:
             session = Session(key, batch.sizes[i], own, state, state)
             session.persons = self._persons(session, pinned=False)
             self._put(session)
-            results.append(session.persons)
-        return results
+            sessions.append(session)
+        return sessions
 
     # ---- feedback rounds --------------------------------------------------------------------
     def refine(self, key: str, clicks: Sequence[Click], image: ImageInput | None = None,
@@ -159,8 +162,7 @@ class Predictor:
             if image is None:
                 raise SessionNotFound(key)
             logger.info("session %r not cached; recomputing the full model", key)
-            self.predict(key, image() if callable(image) else image)
-            session = self._get(key)
+            session = self._start_sessions([key], [image() if callable(image) else image])[0]
         with session.lock:
             merged = {} if replace else dict(session.clicks)
             for i, click in enumerate(clicks):
