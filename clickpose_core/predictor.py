@@ -108,10 +108,13 @@ class Predictor:
     def from_checkpoint(cls, path: str | None = None, device: str | torch.device = "cpu",
                         cache_size: int = 32, weights_dir: str = "weights", **kwargs: Any) -> "Predictor":
         """Build from a weights file; None picks `weights.resolve_default(weights_dir)`."""
-        if path is None:
-            path = resolve_default(weights_dir).path
-        model, ckpt = build_from_checkpoint(path, device="cpu")
-        info = describe_weights(path, licence=ckpt.meta.get("licence"))
+        info = resolve_default(weights_dir) if path is None else None
+        model, ckpt = build_from_checkpoint(path or info.path, device="cpu")
+        licence = ckpt.meta.get("licence")
+        if info is None:
+            info = describe_weights(path, licence=licence)
+        elif licence and info.kind != "official":  # the file's own statement beats the default
+            info = dataclasses.replace(info, licence=licence)
         announce(info)
         return cls(model, info, device=device, cache_size=cache_size, **kwargs)
 

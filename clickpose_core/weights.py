@@ -2,7 +2,7 @@
 
 Official Click-Pose weights (IDEA License 1.0: non-commercial research use only) are preferred
 when present; otherwise the project's demo weights, trained on synthetic images, are used.
-Every resolution is logged at WARNING level with the licence so nobody ships the wrong file.
+Every load is logged at WARNING level with the licence (`announce`) so nobody ships the wrong file.
 """
 from __future__ import annotations
 
@@ -92,14 +92,15 @@ def describe_weights(path: str | os.PathLike, licence: str | None = None) -> Wei
 
 
 def resolve_default(weights_dir: str | os.PathLike = "weights") -> WeightsInfo:
-    """The official interactive R50 file if present in weights_dir, else the bundled demo weights."""
+    """The official interactive R50 file if present in weights_dir, else the bundled demo weights.
+
+    Only resolves; whoever loads the file calls `announce` (Predictor.from_checkpoint does).
+    """
     folder = os.fspath(weights_dir)
     for candidate in (OFFICIAL["interactive"].filename, DEMO_FILE):
         path = os.path.join(folder, candidate)
         if os.path.isfile(path):
-            info = describe_weights(path)
-            announce(info)
-            return info
+            return describe_weights(path)
     raise WeightsNotFound(
         f"no weights in {os.path.abspath(folder)!r}: expected {OFFICIAL['interactive'].filename} "
         f"(official, {IDEA_LICENCE}) or {DEMO_FILE} (project demo weights). Get the official file "

@@ -1,4 +1,5 @@
 """Predictor on a tiny random model: sessions, click accumulation, pinning, cache behaviour."""
+import logging
 import threading
 
 import numpy as np
@@ -222,14 +223,23 @@ def test_concurrent_refines(model):
         assert sorted(pred.session(key).clicks) == [(0, 1), (0, 2)]
 
 
-def test_from_checkpoint_matches_the_model_it_was_saved_from(model, tmp_path):
+def test_from_checkpoint_matches_the_model_it_was_saved_from(model, tmp_path, caplog):
     path = tmp_path / "tiny.pth"
     save_checkpoint(path, model, {"licence": "Apache-2.0"})
-    pred = Predictor.from_checkpoint(str(path))
+    with caplog.at_level(logging.WARNING, logger="clickpose_core.weights"):
+        pred = Predictor.from_checkpoint(str(path))
+    assert str(path) in caplog.text and "licence: Apache-2.0" in caplog.text
     assert pred.config == model.config
     assert pred.model_version.startswith("clickpose-custom-tiny@")
     assert pred.weights_info["licence"] == "Apache-2.0" and pred.weights_info["kind"] == "custom"
     _same(pred.predict("a", _image(0)), Predictor(model).predict("a", _image(0)))
+
+
+def test_from_checkpoint_uses_default_demo_weights(model, tmp_path):
+    save_checkpoint(tmp_path / "clickpose_demo_synthetic.pth", model, {"licence": "Apache-2.0"})
+    pred = Predictor.from_checkpoint(None, weights_dir=str(tmp_path))
+    assert pred.weights_info["kind"] == "demo" and pred.weights_info["licence"] == "Apache-2.0"
+    assert pred.model_version.startswith("clickpose-demo@")
 
 
 def test_from_checkpoint_without_weights_explains(tmp_path):

@@ -109,12 +109,14 @@ def test_resolve_prefers_official_then_demo(tmp_path, caplog):
     assert info.kind == "demo"
     assert info.model_version == "clickpose-demo@" + hashlib.sha256(b"demo").hexdigest()[:12]
     (tmp_path / "ClickPose_interactive_R50.pth").write_bytes(b"official")
-    with caplog.at_level(logging.WARNING, logger="clickpose_core.weights"):
-        info = W.resolve_default(tmp_path)
+    info = W.resolve_default(tmp_path)
     assert info.kind == "official" and info.licence == W.IDEA_LICENCE
     assert info.model_version == ("clickpose-r50-interactive@"
                                   + hashlib.sha256(b"official").hexdigest()[:12])
+    with caplog.at_level(logging.WARNING, logger="clickpose_core.weights"):
+        W.announce(info)
     assert "IDEA License 1.0" in caplog.text and "non-commercial" in caplog.text
+    assert info.model_version in caplog.text
 
 
 def test_describe_custom(tmp_path):
