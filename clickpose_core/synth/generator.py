@@ -7,7 +7,8 @@ to a smaller run.
 
 Visibility flags come from the rendered id buffer (entity and body part of every pixel):
   v=0  joint outside the image (x = y = 0, as COCO writes unlabeled joints);
-  v=1  inside, but the pixel belongs to another person or an object, to a part of the same person
+  v=1  inside, but the pixel is not this person's (another person, an object, or background in a
+       gap of a tiny figure), or belongs to a part of the same person
        that lies in front of the joint (self-occlusion), or a face point turned away from the camera;
   v=2  inside and the pixel shows the joint's own body part.
 """
@@ -57,7 +58,7 @@ def person_id(p: int, part: int) -> int:
 
 
 @dataclass
-class _Person:
+class ScenePerson:
     fig: fg.Figure3D
     height: float          # pixels per body height
     offset: np.ndarray     # pixel position of the pelvis
@@ -76,7 +77,7 @@ class _Person:
         return pts.min(0) - pad, pts.max(0) + pad
 
 
-def _sample_person(rng: np.random.Generator, cfg: SceneConfig, w: int, h: int) -> _Person:
+def _sample_person(rng: np.random.Generator, cfg: SceneConfig, w: int, h: int) -> ScenePerson:
     params = fg.sample_pose(rng)
     fig = fg.build_figure(params, fg.Body.sample(rng))
     r = rng.uniform()
@@ -95,12 +96,12 @@ def _sample_person(rng: np.random.Generator, cfg: SceneConfig, w: int, h: int) -
     colours = {"skin": skin, "hair": rd.HAIR_TONES[rng.integers(len(rd.HAIR_TONES))],
                "shirt": rd.random_colour(rng), "pants": rd.random_colour(rng, dark=rng.uniform() < 0.6),
                "shoes": rd.random_colour(rng, dark=True)}
-    return _Person(fig=fig, height=height, offset=target - centre, depth=height * rng.uniform(0.7, 1.3),
+    return ScenePerson(fig=fig, height=height, offset=target - centre, depth=height * rng.uniform(0.7, 1.3),
                    pose=params.pose, colours=colours, sleeves_long=bool(rng.uniform() < 0.5),
                    shorts=bool(rng.uniform() < 0.25))
 
 
-def _draw_person(ids: np.ndarray, p: int, person: _Person) -> np.ndarray:
+def draw_person(ids: np.ndarray, p: int, person: ScenePerson) -> np.ndarray:
     """Rasterise the parts far-to-near into `ids`; return each part's depth (body heights)."""
     depths = np.array([float(pts[:, 2].mean()) for _, pts, _ in person.fig.parts])
     depths[fg.PART_INDEX["torso"]] -= 0.02   # limbs attached at the torso's depth go in front of it
@@ -131,10 +132,11 @@ def _draw_object(ids: np.ndarray, rng: np.random.Generator, o: int, w: int, h: i
         rd.draw_ellipse(ids, np.array([cx, cy]), (sw / 2, sh / 2), rng.uniform(0, 180), OBJECT_ID0 + o)
 
 
-def _visibility(ids: np.ndarray, p: int, person: _Person, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def joint_visibility(ids: np.ndarray, p: int, person: ScenePerson, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pixel keypoints [17, 2] and COCO flags [17] read off the rendered id buffer."""
     h, w = ids.shape
-    kp = person.to_px(person.fig.joints)
+    # Rounded as written to the json, so a reader looking up the stored pixel sees the same thing.
+    kp = np.round(person.to_px(person.fig.joints), 2)
     vis = np.zeros(fg.NUM_JOINTS, dtype=np.int64)
     for j in range(fg.NUM_JOINTS):
         c, r = int(np.floor(kp[j, 0] + 0.5)), int(np.floor(kp[j, 1] + 0.5))
@@ -142,9 +144,7 @@ def _visibility(ids: np.ndarray, p: int, person: _Person, depths: np.ndarray) ->
             continue                                   # v = 0: outside the image
         top = int(ids[r, c])
         first = person_id(p, 0)
-        if top == 0:
-            vis[j] = 2                                 # sliver between parts: the joint is there
-        elif not first <= top < first + fg.NUM_PARTS:
+        if not first <= top < first + fg.NUM_PARTS:
             vis[j] = 1                                 # another person or an object is in front
         else:
             q = top - first
@@ -166,7 +166,7 @@ _GROUPS = {
 }
 
 
-def _colour_person(img: np.ndarray, ids: np.ndarray, rng: np.random.Generator, p: int, person: _Person,
+def _colour_person(img: np.ndarray, ids: np.ndarray, rng: np.random.Generator, p: int, person: ScenePerson,
                    box: tuple[int, int, int, int]) -> None:
     x0, y0, x1, y1 = box
     crop_ids = ids[y0:y1, x0:x1].astype(np.int64) - person_id(p, 0)
@@ -210,7 +210,7 @@ def _colour_person(img: np.ndarray, ids: np.ndarray, rng: np.random.Generator, p
     img[y0:y1, x0:x1] = np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _draw_face(img: np.ndarray, ids: np.ndarray, p: int, person: _Person, kp: np.ndarray, vis: np.ndarray) -> None:
+def _draw_face(img: np.ndarray, ids: np.ndarray, p: int, person: ScenePerson, kp: np.ndarray, vis: np.ndarray) -> None:
     """Eyes, nose, mouth and ears where the keypoints are, so face keypoints mean something."""
     h = person.height
     head_id, hair_id = person_id(p, fg.PART_INDEX["head"]), person_id(p, fg.PART_INDEX["hair"])
@@ -265,7 +265,7 @@ def render_scene(seed: int, index: int, width: int, height: int,
     depths: dict[int, np.ndarray] = {}
     for kind, i, _ in entities:
         if kind == "person":
-            depths[i] = _draw_person(ids, i, people[i])
+            depths[i] = draw_person(ids, i, people[i])
         else:
             _draw_object(ids, rng, i, width, height)
 
@@ -284,7 +284,7 @@ def render_scene(seed: int, index: int, width: int, height: int,
         if box[2] <= box[0] or box[3] <= box[1]:
             continue
         _colour_person(img, ids, rng, i, person, box)
-        kp, vis = _visibility(ids, i, person, depths[i])
+        kp, vis = joint_visibility(ids, i, person, depths[i])
         _draw_face(img, ids, i, person, kp, vis)
         crop = ids[box[1]:box[3], box[0]:box[2]].astype(np.int64) - person_id(i, 0)
         mine = (crop >= 0) & (crop < fg.NUM_PARTS)
