@@ -42,8 +42,8 @@ def plot_ap_vs_clicks(curves: Mapping[str, Sequence[tuple[float, float]]], path:
         cv2.putText(img, f"{x:g}", (px(x, y_lo)[0] - 5, h - bottom + 22), font, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
     cv2.rectangle(img, px(0, 1.0), px(x_max, y_lo), (60, 60, 60), 1)
     cv2.putText(img, "clicks per person", (w // 2 - 70, h - 15), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, "AP", (10, top + 10), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    cv2.putText(img, title, (left, 25), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "AP (%)", (8, top - 12), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, title, (left + 60, 22), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
     for n, (name, pts) in enumerate(curves.items()):
         colour = _COLOURS[n % len(_COLOURS)]
         pts = sorted((x, y) for x, y in pts if y >= 0)
