@@ -166,7 +166,7 @@ class ClickPose(nn.Module):
                                     group_refs], 1)
         b, g = group_tokens.shape[:2]
         mask = dn.pose_mask if dn is not None else group_attention_mask(g, dec.group_size, group_tokens.device)
-        state = DecoderState(group_tokens.flatten(1, 2), group_refs.flatten(1, 2).detach(), mask)
+        state = DecoderState(group_tokens.flatten(1, 2), group_refs.flatten(1, 2), mask)
         pose_outs = dec.run_pose_layers(state, mem.pose_values, mem.layout, mem.valid_ratios, None)
 
         layers = [dec.box_layer_predictions(i, o) for i, o in enumerate(box_outs)]

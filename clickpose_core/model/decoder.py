@@ -20,7 +20,11 @@ from .deformable_attention import LevelLayout, MSDeformAttn
 @dataclass
 class DecoderState:
     """Queries entering a decoder layer. tokens [B,Q,C]; refs [B,Q,4] sigmoid-space; attn_mask
-    [Q,Q] or [B*heads,Q,Q] bool (True = blocked) or None."""
+    [Q,Q] or [B*heads,Q,Q] bool (True = blocked) or None.
+
+    refs may carry gradients: the layer itself sees them detached, but the prediction heads use
+    them as they are, so each layer's box update is also trained through the next layer's loss
+    (as in the official model)."""
     tokens: Tensor
     refs: Tensor
     attn_mask: Tensor | None
@@ -105,7 +109,7 @@ class Decoder(nn.Module):
     def run_layer(self, lid: int, state: DecoderState, values: Tensor, layout: LevelLayout,
                   valid_ratios: Tensor) -> Tensor:
         """Raw (un-normed) output tokens of decoder layer `lid`."""
-        refs = state.refs[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]   # [B,Q,L,4]
+        refs = state.refs.detach()[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]   # [B,Q,L,4]
         query_pos = self.ref_point_head(sine_embed(refs[:, :, 0], self.norm.normalized_shape[0] // 2))
         return self.layers[lid](state.tokens, query_pos, refs, values, layout, state.attn_mask)
 
@@ -117,9 +121,9 @@ class Decoder(nn.Module):
         outputs = []
         for lid in range(self.num_box_layers):
             tokens = self.run_layer(lid, state, values[lid], layout, valid_ratios)
-            refs = (self.bbox_embed[lid](tokens) + inverse_sigmoid(state.refs)).sigmoid()
+            refs = (self.bbox_embed[lid](tokens) + inverse_sigmoid(state.refs.detach())).sigmoid()
             outputs.append(LayerOutput(self.norm(tokens), state.refs, refs))
-            state = DecoderState(tokens, refs.detach(), state.attn_mask)
+            state = DecoderState(tokens, refs, state.attn_mask)
         return outputs, state.tokens
 
     def select_groups(self, tokens: Tensor, refs: Tensor, num_dn: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,9 +158,9 @@ class Decoder(nn.Module):
         for j in range(len(self.pose_embed) - 1):
             lid = self.num_box_layers + j
             tokens = self.run_layer(lid, state, values[j], layout, valid_ratios)
-            refs = self._update_pose_refs(lid, tokens, state.refs, delta_mask)
+            refs = self._update_pose_refs(lid, tokens, state.refs.detach(), delta_mask)
             outputs.append(LayerOutput(self.norm(tokens), state.refs, refs))
-            state = DecoderState(tokens, refs.detach(), state.attn_mask)
+            state = DecoderState(tokens, refs, state.attn_mask)
         return outputs
 
     def _update_pose_refs(self, lid: int, tokens: Tensor, refs: Tensor, delta_mask: Tensor | None) -> Tensor:
