@@ -86,9 +86,11 @@ class ManualCorrection:
 class OfficialLoop:
     """Click-Pose exactly as the official evaluation loop runs it (`human_feedback_loop_*`).
 
-    Each round starts from the previous round's output, sets only this round's clicked joints,
-    holds only those (the official delta mask) and grows only the clicked rows' boxes; earlier
-    clicks are not re-applied, so the refinement may move them again. Output boxes are the
+    Each round starts from the previous round's output, sets only this round's clicked joints and
+    grows only the clicked rows' boxes; earlier clicks are not re-applied. Nothing is held in
+    place: the official code means to zero `delta_mask` at the clicked joints but writes into a
+    copy (../shared/reference/README.md), so the released numbers were measured with every joint,
+    the clicked ones included, free to move. This refiner reproduces that, bug included. Output boxes are the
     decoder's, not grown. The Predictor is used for the full forward pass; the rounds then drive
     `model.refine` on its cached encoder output without touching the Predictor's own session.
     """
@@ -122,7 +124,7 @@ class OfficialLoop:
         norm = [Click(c.person, c.joint, c.x / w, c.y / h) for c in clicks]
         boxes, kpts, pin = apply_clicks(boxes, kpts, norm)        # pin: this round's clicks only
         with torch.inference_mode():
-            out = model.refine(memory, boxes[None], kpts[None], pin[None])
+            out = model.refine(memory, boxes[None], kpts[None], None)   # official: nothing held
         boxes = out["pred_boxes"][0]
         kpts = split_keypoints(out["pred_keypoints"][0], model.config.num_keypoints)
         logits = out["pred_logits"][0]
