@@ -67,7 +67,7 @@ def test_predict_returns_num_select_sorted_persons(model):
     assert len({tuple(p.keypoints.ravel().round(6)) for p in persons}) == cfg.num_select
 
 
-def test_refine_pins_clicked_joint_and_moves_the_rest(model):
+def test_refine_pins_clicked_joint_moves_its_person_and_leaves_the_others(model):
     pred = Predictor(model)
     before = _by_index(pred.predict("a", _image(0)))
     click = Click(1, 9, 33.3, 71.7)
@@ -78,8 +78,26 @@ def test_refine_pins_clicked_joint_and_moves_the_rest(model):
     assert after[1].clicked.tolist() == [j == 9 for j in range(17)]
     others = np.delete(np.arange(17), 9)
     assert np.abs(after[1].keypoints[others] - before[1].keypoints[others]).max() > 1e-3
-    assert np.abs(after[3].keypoints - before[3].keypoints).max() > 1e-3  # a feedback round
+    for untouched in (0, 2, 3):   # only clicked persons are refined
+        assert np.array_equal(after[untouched].keypoints, before[untouched].keypoints)
+        assert np.array_equal(after[untouched].box, before[untouched].box)
     _assert_boxes_hold_keypoints(after.values())
+
+
+def test_refining_clicked_rows_alone_equals_a_round_over_all_rows(model):
+    """The product refines only clicked persons; for them it must equal the official all-row round."""
+    pred = Predictor(model)
+    pred.predict("a", _image(0))
+    session = pred.session("a")
+    after = _by_index(pred.refine("a", [Click(2, 5, 40.0, 50.0)]))
+    from clickpose_core.interaction import apply_clicks
+    boxes, kpts, pin = apply_clicks(session.round0.boxes, session.round0.keypoints,
+                                    [Click(2, 5, 40.0 / W, 50.0 / H)])
+    with torch.inference_mode():
+        full = model.refine(session.memory, boxes[None], kpts[None], pin[None])
+    expected = full["pred_keypoints"][0, 2, :34].reshape(17, 2).double() * torch.tensor([W, H])
+    expected[5] = torch.tensor([40.0, 50.0], dtype=torch.float64)
+    assert np.allclose(after[2].keypoints, expected.numpy(), atol=1e-3)
 
 
 def test_unpinned_is_the_official_mode_where_clicked_joints_drift(model):
