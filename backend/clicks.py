@@ -42,6 +42,7 @@ class SmartPoint:
     x: float
     y: float
     positive: bool
+    pct: tuple[float, float] = (0.0, 0.0)   # as sent: the reply echoes it, free of float round trips
 
 
 @dataclass
@@ -50,6 +51,7 @@ class StoredClick:
     joint: int
     x: float
     y: float
+    pct: tuple[float, float] = (0.0, 0.0)
     person: int | None = None
 
 
@@ -90,7 +92,8 @@ def read_group(regions: Any, control: KeypointControl, frame: ImageFrame) -> tup
         if not isinstance(rid, str) or not rid:
             raise ContextError(f"context.result[{i}].id must be a non-empty string")
         x, y = percent_to_pixels({"x": min(max(x_pct, 0.0), 100.0), "y": min(max(y_pct, 0.0), 100.0)}, frame)
-        points.append(SmartPoint(rid, joint, x, y, bool(region.get("is_positive"))))
+        points.append(SmartPoint(rid, joint, x, y, bool(region.get("is_positive")),
+                                 (min(max(x_pct, 0.0), 100.0), min(max(y_pct, 0.0), 100.0))))
     return joints, points
 
 
@@ -119,11 +122,12 @@ class TaskClicks:
     def __init__(self) -> None:
         self.points: "OrderedDict[str, StoredClick]" = OrderedDict()
         self.frame: ImageFrame | None = None   # size of the image the clicks refer to
+        self.latest_pct: dict[tuple[int, int], tuple[float, float]] = {}   # (person, joint) -> % as clicked
 
     def seed(self, points: Iterable[SmartPoint]) -> None:
         for p in points:
             if p.positive and p.id not in self.points:
-                self.points[p.id] = StoredClick(p.id, p.joint, p.x, p.y)
+                self.points[p.id] = StoredClick(p.id, p.joint, p.x, p.y, p.pct)
 
     def update(self, group_joints: set[int], points: Sequence[SmartPoint]) -> None:
         """Apply one editor call: `points` is the complete set of smart points of `group_joints`."""
@@ -136,10 +140,10 @@ class TaskClicks:
                 continue
             old = self.points.get(p.id)
             if old is None:
-                self.points[p.id] = StoredClick(p.id, p.joint, p.x, p.y)
+                self.points[p.id] = StoredClick(p.id, p.joint, p.x, p.y, p.pct)
             elif (old.x, old.y, old.joint) != (p.x, p.y, p.joint):
                 # Dragged or relabeled: same person; it is now the newest action.
-                old.x, old.y, old.joint = p.x, p.y, p.joint
+                old.x, old.y, old.joint, old.pct = p.x, p.y, p.joint, p.pct
                 self.points.move_to_end(p.id)
 
     def assign(self, persons: Sequence[Person], shown_rows: set[int]) -> list[Click]:
@@ -156,6 +160,7 @@ class TaskClicks:
         latest: dict[tuple[int, int], StoredClick] = {}
         for c in self.points.values():
             latest[(c.person, c.joint)] = c
+        self.latest_pct = {k: c.pct for k, c in latest.items()}
         return [Click(person=c.person, joint=c.joint, x=c.x, y=c.y) for c in latest.values()]
 
 

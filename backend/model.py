@@ -22,7 +22,7 @@ from label_studio_ml.model import LabelStudioMLBase
 from clickpose_core.types import Person
 
 from .clicks import ClickStore, ContextError, TaskClicks, read_group, smart_points_of_draft
-from .control_models import ImageFrame, PersonRegions
+from .control_models import ImageFrame, PersonRegions, parse_region_id
 from .images import ImageError, ImageLoader
 from .label_config import ServedConfig, cached_parse
 from .settings import Settings
@@ -197,7 +197,14 @@ class ClickPoseBackend(LabelStudioMLBase):
             clicked_rows = {c.person for c in clicks}
             shown = [p for p in persons
                      if p.score >= served.keypoints.score_threshold or p.index in clicked_rows]
-            return PersonRegions(served.keypoints, served.box).prediction(shown, frame, predictor.model_version)
+            prediction = PersonRegions(served.keypoints, served.box).prediction(shown, frame, predictor.model_version)
+            # A clicked joint is pinned by the predictor in pixels; echo the editor's own percent
+            # values so the joint lands exactly where it was clicked (no px <-> % rounding).
+            for region in prediction["result"]:
+                where = parse_region_id(region["id"])
+                if where is not None and where[1] is not None and where in state.latest_pct:
+                    region["value"]["x"], region["value"]["y"] = state.latest_pct[where]
+            return prediction
 
     def fit(self, *args: Any, **kwargs: Any) -> dict:
         """Click-Pose is not trained from annotations online; the webhook is acknowledged only."""

@@ -24,6 +24,12 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
     torch.manual_seed(0)
     model = build_model(ClickPoseConfig.tiny()).eval()
+    # Offset heads start at zero (as in DINO), which would make a random model's refinement move
+    # nothing; small noise there makes "other joints move after a click" observable.
+    with torch.no_grad():
+        for param in model.parameters():
+            if torch.count_nonzero(param) == 0:
+                param.normal_(0.0, 0.05)
     path = tmp_path_factory.mktemp("weights") / "tiny.pth"
     save_checkpoint(path, model, meta={"licence": "test only"})
     return str(path)
