@@ -1,0 +1,119 @@
+"""`clickpose train`: train (or fine-tune) Click-Pose on a COCO-format keypoint dataset.
+
+    clickpose train --images DIR --annotations FILE --out RUN_DIR --preset small --steps 6000
+    clickpose train --out RUN_DIR --resume RUN_DIR/last.pth            # continue exactly
+    clickpose train --resume RUN_DIR/last.pth --export weights.pth     # weights only, float32
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+
+import torch
+
+from ..checkpoint import build_from_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
+from ..config import ClickPoseConfig
+from ..model.clickpose import build_model
+from .data import CocoKeypoints
+from .engine import TrainConfig, Trainer
+
+PRESETS = {"r50": ClickPoseConfig.r50, "small": ClickPoseConfig.small, "tiny": ClickPoseConfig.tiny}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--images", help="folder with the images named in the annotation file")
+    parser.add_argument("--annotations", help="COCO keypoint annotation JSON")
+    parser.add_argument("--out", help="run folder: last.pth, step_*.pth, final.pth, log.jsonl")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model size (default small)")
+    parser.add_argument("--init", help="start from these weights (fine-tuning); their config is used")
+    parser.add_argument("--resume", help="continue a run from its last.pth (same data, settings and state)")
+    parser.add_argument("--export", help="with --resume: write the weights alone (float32) here and exit")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"total optimizer steps (default {d.steps}; with --resume: the run's own)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--lr-backbone", type=float, default=d.lr_backbone)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--clip-max-norm", type=float, default=d.clip_max_norm, help="0 disables clipping")
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    parser.add_argument("--lr-drop-step", type=int, default=None,
+                        help="lr x0.1 from this step on (with --resume: replaces the run's own)")
+    parser.add_argument("--official-unpinned", action="store_true",
+                        help="let clicked joints move in the feedback rounds, as the official code does")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+    parser.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(steps=args.steps or TrainConfig.steps, batch_size=args.batch_size, lr=args.lr, lr_backbone=args.lr_backbone,
+                       weight_decay=args.weight_decay, clip_max_norm=args.clip_max_norm,
+                       warmup_steps=args.warmup_steps, lr_drop_step=args.lr_drop_step,
+                       pin_clicks=not args.official_unpinned, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers)
+
+
+def export(resume: str, path: str) -> int:
+    """Weights + config + meta of a training checkpoint, float32, without the optimizer."""
+    model, ckpt = build_from_checkpoint(resume, dtype=torch.float32)
+    save_checkpoint(path, model, ckpt.meta)
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, step {ckpt.meta.get('step')})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.export:
+        if not args.resume:
+            raise SystemExit("--export needs --resume CHECKPOINT")
+        return export(args.resume, args.export)
+
+    if args.resume:
+        # A resumed run keeps its data, model and settings; only --steps and --lr-drop-step may change.
+        ckpt = read_checkpoint(args.resume)
+        meta = ckpt.meta
+        cfg = ckpt.model_config()
+        saved = meta["train_config"]
+        tcfg = TrainConfig.from_dict({**saved, "steps": args.steps or saved["steps"],
+                                      "lr_drop_step": args.lr_drop_step or saved["lr_drop_step"]})
+        images, annotations = meta["images"], meta["annotations"]
+        out = args.out or os.path.dirname(os.path.abspath(args.resume))
+    else:
+        if not (args.images and args.annotations and args.out):
+            raise SystemExit("--images, --annotations and --out are required (or --resume)")
+        images, annotations, out = args.images, args.annotations, args.out
+        if os.path.exists(os.path.join(out, "last.pth")):
+            raise SystemExit(f"{out} already holds a run; use --resume {os.path.join(out, 'last.pth')}")
+        tcfg = _train_config(args)
+        cfg = read_checkpoint(args.init).model_config() if args.init else PRESETS[args.preset]()
+        meta = {"images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
+                "preset": None if args.init else args.preset, "init": args.init, "host": platform.node(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    torch.manual_seed(tcfg.seed)
+    model = build_model(cfg)
+    if args.init and not args.resume:
+        load_checkpoint(model, args.init)
+    dataset = CocoKeypoints(images, annotations, cfg, train=True, seed=tcfg.seed)
+    trainer = Trainer(model, dataset, tcfg, out, device=args.device, meta={
+        k: meta[k] for k in ("images", "annotations", "preset", "init", "host", "started") if k in meta})
+    if args.resume:
+        trainer.resume(args.resume)
+        print(f"resumed {args.resume} at step {trainer.step} of {tcfg.steps}")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "train_config.json"), "w") as f:
+        json.dump({"model": cfg.to_dict(), "train": asdict(tcfg), "images": images, "annotations": annotations,
+                   "images_count": len(dataset)}, f, indent=1)
+    trainer.fit(progress=not args.no_progress)
+    print(f"done: {trainer.step} steps in {trainer.elapsed / 60:.1f} min; weights in {os.path.join(out, 'final.pth')}")
+    return 0

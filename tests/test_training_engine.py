@@ -1,0 +1,83 @@
+"""The training loop: a few steps lower the loss; resuming continues bit for bit."""
+import json
+
+import pytest
+import torch
+
+from clickpose_core import ClickPoseConfig, build_model
+from clickpose_core.checkpoint import build_from_checkpoint
+from clickpose_core.synth.generator import SceneConfig, generate_dataset
+from clickpose_core.training.data import CocoKeypoints, collate
+from clickpose_core.training.engine import TrainConfig, Trainer, compute_losses
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The machine is shared; several intra-op threads on busy cores slow these steps many times over.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, 4, seed=5, width=96, height=128, image_format="png",
+                     cfg=SceneConfig(min_people=1, max_people=2, max_objects=0))
+    return str(out / "images"), str(out / "annotations.json")
+
+
+def make_trainer(synth, run_dir, steps, init_seed=0, **kw):
+    cfg = ClickPoseConfig.tiny()
+    torch.manual_seed(init_seed)
+    ds = CocoKeypoints(*synth, cfg, train=True, seed=0)
+    tcfg = TrainConfig(steps=steps, batch_size=2, checkpoint_every=2, log_every=1, **kw)
+    return Trainer(build_model(cfg), ds, tcfg, str(run_dir))
+
+
+def batch_loss(trainer, batch, seed=123):
+    with torch.no_grad():
+        losses = compute_losses(trainer.model, trainer.criterion, *batch, torch.Generator().manual_seed(seed))
+    return trainer.criterion.total(losses).item()
+
+
+def test_a_few_steps_on_one_image_lower_the_loss(synth, tmp_path):
+    trainer = make_trainer(synth, tmp_path, steps=8, lr=1e-3, lr_backbone=1e-3)
+    ds = trainer.dataset
+    ds.train = False                                   # the same image every step
+    batch = collate([ds[0]])
+    before = batch_loss(trainer, batch)
+    for _ in range(8):
+        trainer.train_step(*batch)
+    after = batch_loss(trainer, batch)
+    assert after < 0.95 * before, (before, after)
+
+
+def test_resume_continues_exactly(synth, tmp_path):
+    straight = make_trainer(synth, tmp_path / "a", steps=4)
+    straight.fit(progress=False)
+
+    first = make_trainer(synth, tmp_path / "b", steps=2)
+    first.fit(progress=False)
+    resumed = make_trainer(synth, tmp_path / "b", steps=4, init_seed=99)   # different init: must be overwritten
+    resumed.resume(str(tmp_path / "b" / "last.pth"))
+    assert resumed.step == 2
+    resumed.fit(progress=False)
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    log_a = [json.loads(x) for x in open(tmp_path / "a" / "log.jsonl")]
+    log_b = [json.loads(x) for x in open(tmp_path / "b" / "log.jsonl")]
+    assert [x["loss"] for x in log_a] == [x["loss"] for x in log_b]
+
+
+def test_checkpoints_load_as_model_weights(synth, tmp_path):
+    trainer = make_trainer(synth, tmp_path, steps=2)
+    trainer.fit(progress=False)
+    for name in ("last.pth", "final.pth", "step_000002.pth"):
+        model, ckpt = build_from_checkpoint(str(tmp_path / name))
+        assert ckpt.config == trainer.model.config and ckpt.meta["step"] == 2
+        assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in model.state_dict().items())
