@@ -28,7 +28,7 @@ class FrozenBatchNorm2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         scale = self.weight * (self.running_var + 1e-5).rsqrt()
         shift = self.bias - self.running_mean * scale
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+        return torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])
 
 
 class Bottleneck(nn.Module):
@@ -52,9 +52,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + identity)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        return F.relu(self.bn3(self.conv3(out)) + identity, inplace=True)
 
 
 class ResNetBody(nn.Module):
@@ -75,7 +75,7 @@ class ResNetBody(nn.Module):
         self.out_channels = tuple(w * Bottleneck.expansion for w in widths[1:])
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x)), inplace=True), 3, stride=2, padding=1)
         x = self.layer1(x)
         c3 = self.layer2(x)
         c4 = self.layer3(c3)

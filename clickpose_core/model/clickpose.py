@@ -131,7 +131,7 @@ class ClickPose(nn.Module):
         valid_ratios = torch.stack([valid_ratio(m) for m in fmasks], 1)
         memory = self.transformer.encoder(src, pos, layout, valid_ratios, padding)
         layers = self.transformer.decoder.layers[self.config.num_box_decoder_layers:]
-        values = [layer.cross_attn.project_values(memory, padding) for layer in layers]
+        values = [layer.cross_attn.project_values(memory, padding, layout) for layer in layers]
         return EncoderMemory(memory, padding, layout, valid_ratios, values)
 
     # ---- full decoder -----------------------------------------------------------------------
@@ -154,7 +154,7 @@ class ClickPose(nn.Module):
         if dn is not None:
             tokens, refs = torch.cat([dn.box_tokens, tokens], 1), torch.cat([dn.box_refs, refs], 1)
 
-        box_values = [layer.cross_attn.project_values(mem.memory, mem.padding)
+        box_values = [layer.cross_attn.project_values(mem.memory, mem.padding, mem.layout)
                       for layer in dec.layers[:dec.num_box_layers]]
         state = DecoderState(tokens, refs, None if dn is None else dn.box_mask)
         box_outs, last_tokens = dec.run_box_layers(state, box_values, mem.layout, mem.valid_ratios)

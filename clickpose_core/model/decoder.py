@@ -77,7 +77,7 @@ class DecoderLayer(nn.Module):
         q = tgt + query_pos
         tgt = self.norm2(tgt + self.self_attn(q, q, tgt, attn_mask=attn_mask, need_weights=False)[0])
         tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, refs, values, layout))
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
 
 
 class Decoder(nn.Module):

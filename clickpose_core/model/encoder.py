@@ -21,9 +21,9 @@ class EncoderLayer(nn.Module):
 
     def forward(self, src: Tensor, pos: Tensor, ref: Tensor, layout: LevelLayout, padding: Tensor) -> Tensor:
         """src, pos [B,S,C]; ref [B,S,L,2]; padding [B,S] -> [B,S,C]."""
-        values = self.self_attn.project_values(src, padding)
+        values = self.self_attn.project_values(src, padding, layout)
         src = self.norm1(src + self.self_attn(src + pos, ref, values, layout))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
 
 
 class Encoder(nn.Module):
