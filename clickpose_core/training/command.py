@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="start from these weights (fine-tuning); their config is used")
     parser.add_argument("--resume", help="continue a run from its last.pth (same data, settings and state)")
     parser.add_argument("--export", help="with --resume: write the weights alone (float32) here and exit")
+    parser.add_argument("--licence", help="licence text stored in the weights' meta (reported when they are used)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"total optimizer steps (default {d.steps}; with --resume: the run's own)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -62,10 +63,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers)
 
 
-def export(resume: str, path: str) -> int:
+def export(resume: str, path: str, licence: str | None = None) -> int:
     """Weights + config + meta of a training checkpoint, float32, without the optimizer."""
     model, ckpt = build_from_checkpoint(resume, dtype=torch.float32)
-    save_checkpoint(path, model, ckpt.meta)
+    save_checkpoint(path, model, {**ckpt.meta, **({"licence": licence} if licence else {})})
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, step {ckpt.meta.get('step')})")
     return 0
 
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         if not args.resume:
             raise SystemExit("--export needs --resume CHECKPOINT")
-        return export(args.resume, args.export)
+        return export(args.resume, args.export, args.licence)
 
     if args.resume:
         # A resumed run keeps its data, model and settings; only --steps and --lr-drop-step may change.
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = read_checkpoint(args.init).model_config() if args.init else PRESETS[args.preset]()
         meta = {"images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
                 "preset": None if args.init else args.preset, "init": args.init, "host": platform.node(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "licence": args.licence}
 
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg)
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         load_checkpoint(model, args.init)
     dataset = CocoKeypoints(images, annotations, cfg, train=True, seed=tcfg.seed)
     trainer = Trainer(model, dataset, tcfg, out, device=args.device, meta={
-        k: meta[k] for k in ("images", "annotations", "preset", "init", "host", "started") if k in meta})
+        k: meta[k] for k in ("images", "annotations", "preset", "init", "host", "started", "licence")
+        if meta.get(k) is not None})
     if args.resume:
         trainer.resume(args.resume)
         print(f"resumed {args.resume} at step {trainer.step} of {tcfg.steps}")
