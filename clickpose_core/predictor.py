@@ -23,6 +23,7 @@ from .checkpoint import build_from_checkpoint
 from .config import ClickPoseConfig
 from .image import as_rgb_array
 from .interaction import apply_clicks
+from .model import EncoderMemory
 from .postprocess import person_scores, select_top, split_keypoints, to_pixels
 from .preprocess import preprocess
 from .types import Click, Person
@@ -62,7 +63,7 @@ class Session:
     """
     key: str
     size: tuple[int, int]
-    memory: Any
+    memory: EncoderMemory
     round0: State
     state: State
     clicks: dict[tuple[int, int], Click] = field(default_factory=dict)
@@ -142,7 +143,7 @@ class Predictor:
             state = State(top["pred_boxes"][i],
                           split_keypoints(top["pred_keypoints"][i], self.config.num_keypoints),
                           top["pred_logits"][i])
-            own = _compact(mem.select(i), alone=len(keys) == 1)
+            own = mem.for_refinement().select(i, copy=len(keys) > 1)
             session = Session(key, batch.sizes[i], own, state, state)
             session.persons = self._persons(session, pinned=False)
             self._put(session)
@@ -254,25 +255,6 @@ class Predictor:
             while len(self._sessions) > self.cache_size:
                 evicted, _ = self._sessions.popitem(last=False)
                 logger.debug("evicted session %r", evicted)
-
-
-def _compact(mem: Any, alone: bool) -> Any:
-    """Smallest EncoderMemory that still supports refine, owning its storage.
-
-    A row selected from a batch is a view that would keep the whole batch alive, so it is copied.
-    """
-    if hasattr(mem, "for_refinement"):
-        mem = mem.for_refinement()
-    if alone or not dataclasses.is_dataclass(mem):
-        return mem
-    copies = {}
-    for f in dataclasses.fields(mem):
-        v = getattr(mem, f.name)
-        if isinstance(v, torch.Tensor):
-            copies[f.name] = v.clone()
-        elif isinstance(v, list) and all(isinstance(t, torch.Tensor) for t in v):
-            copies[f.name] = [t.clone() for t in v]
-    return dataclasses.replace(mem, **copies)
 
 
 def _check_pixel_click(i: int, click: Click, size: tuple[int, int]) -> Click:

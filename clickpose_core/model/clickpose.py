@@ -38,11 +38,13 @@ class EncoderMemory:
     valid_ratios: Tensor
     pose_values: list[Tensor]
 
-    def select(self, index: int) -> "EncoderMemory":
-        """The memory of batch row `index` alone (batch size 1)."""
+    def select(self, index: int, copy: bool = False) -> "EncoderMemory":
+        """The memory of batch row `index` alone (batch size 1). Without `copy` the tensors are
+        views that keep the whole batch's storage alive; a cache wants its own copy."""
         pick = slice(index, index + 1)
-        return EncoderMemory(None if self.memory is None else self.memory[pick], self.padding[pick],
-                             self.layout, self.valid_ratios[pick], [v[pick] for v in self.pose_values])
+        take = (lambda t: t[pick].clone()) if copy else (lambda t: t[pick])
+        return EncoderMemory(None if self.memory is None else take(self.memory), take(self.padding),
+                             self.layout, take(self.valid_ratios), [take(v) for v in self.pose_values])
 
     def for_refinement(self) -> "EncoderMemory":
         """A copy without the raw memory: enough for `refine`, smaller to cache."""
