@@ -157,8 +157,9 @@ class Predictor:
 
         clicks are in original-image pixels. A click on an already clicked (person, joint)
         replaces it; replace=True makes `clicks` the whole click set (dropping a click restarts
-        from round 0). pinned=True holds clicked joints exactly (product default); pinned=False is
-        the official behaviour (clicked joints move like the others). On a cache miss the image
+        from round 0). pinned=True holds clicked joints exactly (product default); pinned=False lets
+        them move like the others, as in the released model's evaluation (which also does not
+        re-apply earlier clicks: `evaluation.refiners.OfficialLoop` reproduces it exactly). On a cache miss the image
         (array, or callable returning one) is run through `predict` first, else SessionNotFound.
         """
         session = self._get(key)
