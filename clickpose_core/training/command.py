@@ -1,7 +1,7 @@
 """`clickpose train`: train (or fine-tune) Click-Pose on a COCO-format keypoint dataset.
 
     clickpose train --images DIR --annotations FILE --out RUN_DIR --preset small --steps 6000
-    clickpose train --out RUN_DIR --resume RUN_DIR/last.pth            # continue exactly
+    clickpose train --resume RUN_DIR/last.pth                         # continue exactly
     clickpose train --resume RUN_DIR/last.pth --export weights.pth     # weights only, float32
 """
 from __future__ import annotations
@@ -37,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help=f"total optimizer steps (default {d.steps}; with --resume: the run's own)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--lr-backbone", type=float, default=d.lr_backbone)
+    parser.add_argument("--lr", type=float, default=None, help=f"default {d.lr} (with --resume: the run's own)")
+    parser.add_argument("--lr-backbone", type=float, default=None,
+                        help=f"default {d.lr_backbone} (with --resume: the run's own)")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--clip-max-norm", type=float, default=d.clip_max_norm, help="0 disables clipping")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
@@ -56,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(steps=args.steps or TrainConfig.steps, batch_size=args.batch_size, lr=args.lr, lr_backbone=args.lr_backbone,
+    return TrainConfig(steps=args.steps or TrainConfig.steps, batch_size=args.batch_size,
+                       lr=args.lr or TrainConfig.lr, lr_backbone=args.lr_backbone or TrainConfig.lr_backbone,
                        weight_decay=args.weight_decay, clip_max_norm=args.clip_max_norm,
                        warmup_steps=args.warmup_steps, lr_drop_step=args.lr_drop_step,
                        pin_clicks=not args.official_unpinned, seed=args.seed,
@@ -80,13 +82,15 @@ def run(args: argparse.Namespace) -> int:
         return export(args.resume, args.export, args.licence)
 
     if args.resume:
-        # A resumed run keeps its data, model and settings; only --steps and --lr-drop-step may change.
+        # A resumed run keeps its data, model and settings; only the schedule (--steps, --lr-drop-step,
+        # --lr, --lr-backbone) may change.
         ckpt = read_checkpoint(args.resume)
         meta = ckpt.meta
         cfg = ckpt.model_config()
         saved = meta["train_config"]
-        tcfg = TrainConfig.from_dict({**saved, "steps": args.steps or saved["steps"],
-                                      "lr_drop_step": args.lr_drop_step or saved["lr_drop_step"]})
+        changes = {"steps": args.steps, "lr_drop_step": args.lr_drop_step, "lr": args.lr,
+                   "lr_backbone": args.lr_backbone}
+        tcfg = TrainConfig.from_dict({**saved, **{k: v for k, v in changes.items() if v is not None}})
         images, annotations = meta["images"], meta["annotations"]
         out = args.out or os.path.dirname(os.path.abspath(args.resume))
     else:

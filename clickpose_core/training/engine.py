@@ -209,6 +209,9 @@ class Trainer:
             raise ValueError(f"{path} holds weights only; resume needs a training checkpoint (last.pth)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # The run's TrainConfig decides the learning rates (a resume may change them on purpose).
+        for group, base in zip(self.optimizer.param_groups, (self.cfg.lr, self.cfg.lr_backbone)):
+            group["base_lr"] = base
         t = state["trainer"]
         self.step, self.elapsed = int(t["step"]), float(t["elapsed"])
         self.generator.set_state(t["generator"])
