@@ -81,3 +81,25 @@ def test_checkpoints_load_as_model_weights(synth, tmp_path):
         model, ckpt = build_from_checkpoint(str(tmp_path / name))
         assert ckpt.config == trainer.model.config and ckpt.meta["step"] == 2
         assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_command_trains_resumes_and_exports(synth, tmp_path):
+    from clickpose_core.cli import main
+    from clickpose_core.checkpoint import read_checkpoint
+
+    run = tmp_path / "run"
+    images, annotations = synth
+    assert main(["train", "--images", images, "--annotations", annotations, "--out", str(run), "--preset", "tiny",
+                 "--steps", "2", "--checkpoint-every", "2", "--threads", "1", "--no-progress"]) == 0
+    with pytest.raises(SystemExit):      # refuses to overwrite a run
+        main(["train", "--images", images, "--annotations", annotations, "--out", str(run), "--preset", "tiny"])
+    assert main(["train", "--resume", str(run / "last.pth"), "--steps", "3", "--lr", "3e-4", "--no-progress"]) == 0
+    ckpt = read_checkpoint(str(run / "last.pth"))
+    assert ckpt.meta["step"] == 3 and ckpt.meta["train_config"]["lr"] == 3e-4
+    assert ckpt.meta["train_config"]["lr_backbone"] == TrainConfig.lr_backbone
+    assert [json.loads(x)["step"] for x in open(run / "log.jsonl")] == [2, 3]   # window ends + the last step
+    out = tmp_path / "weights.pth"
+    assert main(["train", "--resume", str(run / "last.pth"), "--export", str(out), "--licence", "test-licence"]) == 0
+    raw = torch.load(out, weights_only=True)
+    assert set(raw) == {"model", "config", "meta"} and raw["meta"]["licence"] == "test-licence"
+    assert all(v.dtype == torch.float32 for v in raw["model"].values() if v.is_floating_point())
