@@ -93,7 +93,7 @@ def test_plot_rejects_empty_input(tmp_path):
 
 
 def test_tiny_clickpose_runs_all_modes(synth, tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     from clickpose_core import ClickPoseConfig, build_model
     from clickpose_core.evaluation.refiners import OfficialLoop, PredictorRefiner
     from clickpose_core.predictor import Predictor
