@@ -1,6 +1,6 @@
 """Which smart keypoints are the annotator's clicks, and which person and joint each corrects.
 
-What the editor sends (docs/backend.md, observed in a real browser): a call fires when a smart
+What the editor sends (README "Label Studio backend" and ../shared/label-studio, observed in a real browser): a call fires when a smart
 point is placed, dragged, relabeled or deleted, and `context.result` holds every keypoint of the
 annotation that has the same label as that point: smart points (`is_positive` present, random
 id) and any other keypoint with that label (predicted or accepted ones). So one call only tells

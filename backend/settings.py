@@ -1,7 +1,7 @@
 """Backend settings, read once from the environment.
 
 Every knob of the deployment is an environment variable so that the same image runs under
-docker compose, gunicorn on a workstation and the tests. `docs/backend.md` has the table.
+docker compose, gunicorn on a workstation and the tests. the README has the table.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Screenshots of the annotator workflow (docs/backend.md) in the real Label Studio editor, headless
+"""Screenshots of the annotator workflow (README, "Annotator workflow") in the real Label Studio editor, headless
 Debian chromium, into docs/img/. Reuses the fixtures of the real-browser test
 (tests/backend/servers.py, tests/backend/browser_workflow.py): a throw-away Label Studio from .venv-ls
 and the backend under gunicorn, both on 127.0.0.1.

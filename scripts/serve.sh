@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Serve the Label Studio ML backend with gunicorn (weights loaded once, before workers fork).
-# Usage: scripts/serve.sh [port]     settings come from the environment (docs/backend.md)
+# Usage: scripts/serve.sh [port]     settings come from the environment (README, "Settings")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh backend,test >&2

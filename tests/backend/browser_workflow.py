@@ -1,4 +1,4 @@
-"""The annotator workflow of docs/backend.md, driven in a real Label Studio editor (Debian chromium,
+"""The annotator workflow of the README, driven in a real Label Studio editor (Debian chromium,
 headless, through playwright). Shared by tests/backend/test_browser_workflow.py and
 scripts/screenshots.py.
 

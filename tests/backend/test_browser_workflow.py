@@ -1,4 +1,4 @@
-"""The documented annotator workflow (docs/backend.md, "Annotator workflow") in a real browser: a real
+"""The documented annotator workflow (README, "Annotator workflow") in a real browser: a real
 Label Studio 1.23 (.venv-ls) on 127.0.0.1, the backend under gunicorn with a tiny random checkpoint,
 and the real labeling editor in headless Debian chromium driven by playwright.
 
