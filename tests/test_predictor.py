@@ -182,8 +182,10 @@ def test_lru_eviction_and_memory_accounting(model):
         Predictor(model, cache_size=0)
 
 
-def test_batch_matches_single_images_of_equal_size(model):
+@pytest.mark.parametrize("forward_batch_size", [1, 2])
+def test_batch_matches_single_images_of_equal_size(model, forward_batch_size):
     pred = Predictor(model)
+    pred.forward_batch_size = forward_batch_size      # 2: one padded forward for both images
     batch = pred.predict_batch(["a", "b"], [_image(0), _image(1)])
     single = Predictor(model)
     for key, img, got in zip("ab", [_image(0), _image(1)], batch):

@@ -68,7 +68,7 @@ def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, we
     q, num_levels, num_points = locations.shape[1], locations.shape[3], locations.shape[4]
     geom = _PaddedGeometry(layout, locations, n, m, s)
     table = values.reshape(n * m * s, d)
-    chunk = max(1, _CHUNK_ELEMENTS // (m * num_levels * num_points))
+    chunk = max(1, _CHUNK_ELEMENTS // (n * m * num_levels * num_points))
     outs = []
     for a in range(0, q, chunk):
         idx, wts = geom.corners(locations[:, a:a + chunk], weights[:, a:a + chunk])
