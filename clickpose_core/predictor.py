@@ -82,7 +82,7 @@ class Session:
 
 
 class Predictor:
-    """Click-Pose inference for one model; see docs/CONTRACT.md.
+    """Click-Pose inference for one model: full forward once per image, feedback rounds after.
 
     device: 'cpu' or 'cuda[:n]'; cache_size: sessions kept (least recently used is dropped);
     grow_boxes: make every returned box hold its keypoints (the official click-step box rule,
