@@ -18,10 +18,9 @@ import torch
 from ..checkpoint import build_from_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from ..config import ClickPoseConfig
 from ..model.clickpose import build_model
-from .data import CocoKeypoints, collate
-from .engine import TrainConfig, Trainer, calibrate_frozen_batchnorm
+from .data import CocoKeypoints
+from .engine import TrainConfig, Trainer
 
-CALIBRATION_IMAGES = 8      # images whose statistics initialise a from-scratch backbone
 PRESETS = {"r50": ClickPoseConfig.r50, "small": ClickPoseConfig.small, "tiny": ClickPoseConfig.tiny}
 
 
@@ -111,11 +110,6 @@ def run(args: argparse.Namespace) -> int:
     if args.init and not args.resume:
         load_checkpoint(model, args.init)
     dataset = CocoKeypoints(images, annotations, cfg, train=True, seed=tcfg.seed)
-    if not args.init and not args.resume:
-        # From scratch: give the frozen batch norms the statistics of a few training images.
-        first, masks, _ = collate([dataset[i] for i in range(min(CALIBRATION_IMAGES, len(dataset)))])
-        print(f"calibrated {calibrate_frozen_batchnorm(model, first, masks)} frozen batch norms "
-              f"on {len(first)} training images")
     trainer = Trainer(model, dataset, tcfg, out, device=args.device, meta={
         k: meta[k] for k in ("images", "annotations", "preset", "init", "host", "started", "licence")
         if meta.get(k) is not None})

@@ -217,32 +217,3 @@ class Trainer:
         self.generator.set_state(t["generator"])
         torch.set_rng_state(t["torch_rng"])
 
-
-@torch.no_grad()
-def calibrate_frozen_batchnorm(model: ClickPose, images: Tensor, masks: Tensor) -> int:
-    """Data-dependent initialisation of a from-scratch backbone; returns the number of layers set.
-
-    The backbone's batch norms are frozen (the official design, made for ImageNet weights), so a
-    randomly initialised trunk has no normalisation at all and its activations shrink layer by
-    layer. Each frozen norm gets the mean and variance of its input on `images` (in forward order,
-    so every layer sees already-calibrated inputs) and unit affine terms: at the start of training
-    the trunk then behaves like a batch-normalised one. Inference code is unchanged (these are the
-    ordinary FrozenBatchNorm2d buffers).
-    """
-    from ..model.backbone import FrozenBatchNorm2d
-
-    def calibrate(module: FrozenBatchNorm2d, inputs: tuple[Tensor]) -> None:
-        x = inputs[0]
-        module.running_mean.copy_(x.mean((0, 2, 3)))
-        module.running_var.copy_(x.var((0, 2, 3)))
-        module.weight.fill_(1.0)
-        module.bias.zero_()
-
-    norms = [m for m in model.backbone.modules() if isinstance(m, FrozenBatchNorm2d)]
-    hooks = [m.register_forward_pre_hook(calibrate) for m in norms]
-    try:
-        model.backbone(images, masks)
-    finally:
-        for h in hooks:
-            h.remove()
-    return len(norms)
