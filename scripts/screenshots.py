@@ -24,23 +24,11 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "backend")]
 from PIL import Image  # noqa: E402
 
 from browser_workflow import JOINTS, Editor, create_project, people_image  # noqa: E402
-from servers import start_backend, start_label_studio, stop  # noqa: E402
+from servers import save_tiny_checkpoint, start_backend, start_label_studio, stop  # noqa: E402
 
 
 def tiny_checkpoint(path: Path) -> str:
-    import torch
-
-    from clickpose_core import ClickPoseConfig, build_model
-    from clickpose_core.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    model = build_model(ClickPoseConfig.tiny()).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if torch.count_nonzero(param) == 0:
-                param.normal_(0.0, 0.05)
-    save_checkpoint(path, model, meta={"licence": "screenshots only"})
-    return str(path)
+    return save_tiny_checkpoint(path, "screenshots only")
 
 
 def save(page, path: Path) -> int:

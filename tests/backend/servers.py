@@ -6,8 +6,10 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import requests
 
@@ -69,18 +71,9 @@ def start_label_studio(workdir: Path) -> Server:
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data),
         "LABEL_STUDIO_HOST": f"http://127.0.0.1:{port}",
     })
-    log = workdir / "label-studio.log"
-    proc = subprocess.Popen(
-        [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-         "--username", LS_USER, "--password", LS_PASSWORD, "--user-token", LS_TOKEN, "--enable-legacy-api-token"],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health/", proc, 240, log)
-    except Exception:
-        stop(proc)
-        raise
-    return Server(url, proc, log)
+    cmd = [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+           "--username", LS_USER, "--password", LS_PASSWORD, "--user-token", LS_TOKEN, "--enable-legacy-api-token"]
+    return _launch(cmd, env, workdir, workdir / "label-studio.log", port, "/health/", 240)
 
 
 def start_backend(workdir: Path, weights: str, label_studio_url: str, **env_extra: str) -> Server:
@@ -89,15 +82,51 @@ def start_backend(workdir: Path, weights: str, label_studio_url: str, **env_extr
     env.update({"CLICKPOSE_WEIGHTS": weights, "MODEL_SCORE_THRESHOLD": "0", "LABEL_STUDIO_URL": label_studio_url,
                 "WORKERS": "1", "THREADS": "4", "LOG_LEVEL": "INFO", "XDG_CACHE_HOME": str(workdir / "cache"),
                 **env_extra})
-    log = workdir / f"backend-{port}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--preload", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "4", "--timeout", "120", "_wsgi:app"],
-        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    cmd = [sys.executable, "-m", "gunicorn", "--preload", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+           "--threads", "4", "--timeout", "120", "_wsgi:app"]
+    return _launch(cmd, env, REPO, workdir / f"backend-{port}.log", port, "/health", 120)
+
+
+def _launch(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, port: int, health: str,
+            timeout: float) -> Server:
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=cwd,
+                            start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/health", proc, 120, log)
+        wait_http(url + health, proc, timeout, log)
     except Exception:
         stop(proc)
         raise
     return Server(url, proc, log)
+
+
+@contextmanager
+def label_studio_and_backend(workdir: Path, weights: str) -> Iterator[tuple[Server, Server]]:
+    """A real Label Studio and the backend (pointed at it), stopped on exit."""
+    ls = start_label_studio(workdir)
+    try:
+        backend = start_backend(workdir, weights, ls.url)
+        try:
+            yield ls, backend
+        finally:
+            stop(backend.proc)
+    finally:
+        stop(ls.proc)
+
+
+def save_tiny_checkpoint(path: Path, licence: str) -> str:
+    """A tiny random Click-Pose. Offset heads start at zero (as in DINO), which would make a random
+    model's refinement move nothing; small noise there makes "other joints move" observable."""
+    import torch
+
+    from clickpose_core import ClickPoseConfig, build_model
+    from clickpose_core.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(ClickPoseConfig.tiny()).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if torch.count_nonzero(param) == 0:
+                param.normal_(0.0, 0.05)
+    save_checkpoint(path, model, meta={"licence": licence})
+    return str(path)

@@ -12,7 +12,7 @@ import requests
 from backend.control_models import parse_region_id
 
 from backend_fixtures import payload, person_image
-from servers import LS_TOKEN, start_backend, start_label_studio, stop
+from servers import LS_TOKEN, label_studio_and_backend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -22,15 +22,8 @@ COCO17 = payload("02_setup")["schema"]
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_checkpoint):
     work = tmp_path_factory.mktemp("e2e")
-    ls = start_label_studio(work)
-    try:
-        backend = start_backend(work, tiny_checkpoint, ls.url)
-    except Exception:
-        stop(ls.proc)
-        raise
-    yield ls, backend
-    stop(backend.proc)
-    stop(ls.proc)
+    with label_studio_and_backend(work, tiny_checkpoint) as (ls, backend):
+        yield ls, backend
 
 
 def api(ls, method: str, path: str, **kw) -> requests.Response:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from browser_workflow import JOINTS, Editor, create_project, people_image, skeletons, LabelStudioAPI
-from servers import start_backend, start_label_studio, stop
+from servers import label_studio_and_backend
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.slow]
 
@@ -25,15 +25,8 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="scripts/test
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_checkpoint):
     work = tmp_path_factory.mktemp("browser")
-    ls = start_label_studio(work)
-    try:
-        backend = start_backend(work, tiny_checkpoint, ls.url)
-    except Exception:
-        stop(ls.proc)
-        raise
-    yield ls, backend, work
-    stop(backend.proc)
-    stop(ls.proc)
+    with label_studio_and_backend(work, tiny_checkpoint) as (ls, backend):
+        yield ls, backend, work
 
 
 def test_documented_workflow_gives_one_skeleton_per_person(stack):
