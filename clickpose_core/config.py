@@ -34,8 +34,7 @@ class ClickPoseConfig:
     """Architecture and inference settings. Field defaults are the official R50 values."""
 
     # Backbone
-    backbone_depth: int = 50                 # ResNet depth (50 only for checkpoint parity)
-    backbone_widths: tuple[int, ...] = (64, 128, 256, 512)   # stem/bottleneck base widths
+    backbone_widths: tuple[int, ...] = (64, 128, 256, 512)   # bottleneck widths of the 4 ResNet stages
     backbone_blocks: tuple[int, ...] = (3, 4, 6, 3)
     # Transformer
     hidden_dim: int = 256
