@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests import parity
 from clickpose_core.interaction import apply_clicks, grow_boxes_to_keypoints
 from clickpose_core.postprocess import box_cxcywh_to_xyxy
 from clickpose_core.types import Click
 
-FIXTURE = "/work/shared/reference/clickpose_parity.npz"
+FIXTURE = str(parity.REFERENCE_DIR / "clickpose_parity.npz")
 
 
 def _state(rows=4, k=5, dtype=torch.float32, seed=0):

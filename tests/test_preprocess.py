@@ -6,13 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
+from tests import parity
 from clickpose_core.config import ClickPoseConfig
 from clickpose_core.postprocess import (coco_postprocess, person_scores, select_top,
                                         split_keypoints, to_pixels)
 from clickpose_core.preprocess import (get_size_with_aspect_ratio, normalize, pad_batch,
                                        preprocess, resize)
 
-FIXTURE = "/work/shared/reference/clickpose_parity.npz"
+FIXTURE = str(parity.REFERENCE_DIR / "clickpose_parity.npz")
 
 
 @pytest.mark.parametrize("w, h, expected", [

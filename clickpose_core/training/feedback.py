@@ -17,7 +17,7 @@ rounds produce the state the annotator corrects, so they run without gradients, 
 state is treated as data: the detector is not asked to make its mistakes easier to refine.
 
 Pinning. The official code means to hold clicked joints fixed but never does (its delta_mask is
-written into a copy; see /work/shared/reference/README.md), so its weights learned to move clicked
+written into a copy; see ../shared/reference/README.md), so its weights learned to move clicked
 joints like any others. Our product (`Predictor.refine`) pins clicked joints, so by default training
 pins them too: the feedback layers learn the situation they meet at inference, where corrected
 joints are exact and every other joint should move towards them. `pin=False` reproduces the
