@@ -6,7 +6,7 @@ depth, width and keypoint count; nothing in the model hard-codes any of these nu
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 COCO_KEYPOINT_NAMES: tuple[str, ...] = (

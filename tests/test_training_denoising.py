@@ -1,19 +1,9 @@
 """Denoising queries: attention masks, noise bounds, exact joints."""
-import pytest
 import torch
 
 from clickpose_core import ClickPoseConfig, build_model
 from clickpose_core.training.denoising import (DenoisingSettings, box_attention_mask, exact_joints,
                                                make_denoising_queries, pose_attention_mask, power_law_count)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine is shared; several intra-op threads on busy cores slow these steps many times over.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_box_mask_matching_cannot_see_denoising_and_copies_are_separate():

@@ -11,15 +11,6 @@ from clickpose_core.training.data import CocoKeypoints, collate
 from clickpose_core.training.engine import TrainConfig, Trainer, compute_losses
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine is shared; several intra-op threads on busy cores slow these steps many times over.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")

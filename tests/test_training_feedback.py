@@ -1,19 +1,9 @@
 """Simulated annotator: which joint is clicked, how boxes grow, pinning, round count."""
-import pytest
 import torch
 
 from clickpose_core import ClickPoseConfig, build_model
 from clickpose_core.training.feedback import _click_round, simulate_feedback, worst_joints
 from clickpose_core.training.matcher import HungarianMatcher
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The machine is shared; several intra-op threads on busy cores slow these steps many times over.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_worst_joint_is_the_largest_labelled_error():

@@ -8,10 +8,9 @@ keypoints that an annotator has corrected).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ClickPoseConfig

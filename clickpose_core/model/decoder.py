@@ -186,7 +186,7 @@ class Decoder(nn.Module):
     def pose_layer_predictions(self, lid: int, out: LayerOutput, delta_mask: Tensor | None) -> dict[str, Tensor]:
         """Per-group predictions of a pose layer: logits [B,G,classes], boxes [B,G,4] cxcywh,
         keypoints [B,G,3K] as [x1, y1, ..., xK, yK, v1 .. vK] (v is constant: no visibility head)."""
-        b, s, k = out.hidden.shape[0], self.group_size, self.num_keypoints
+        b, s = out.hidden.shape[0], self.group_size
         hidden = out.hidden.view(b, -1, s, out.hidden.shape[-1])
         refs = out.refs_in.view(b, -1, s, 4)
         j = lid - self.num_box_layers

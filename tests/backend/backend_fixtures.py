@@ -10,8 +10,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
-import pytest
 from PIL import Image, ImageDraw
 
 FIXTURES = Path(__file__).parent / "fixtures"

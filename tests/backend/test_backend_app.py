@@ -12,7 +12,6 @@ import pytest
 from backend.app import create_app
 from backend.control_models import parse_region_id
 from backend.settings import Settings
-from clickpose_core.config import COCO_KEYPOINT_NAMES
 
 from backend_fixtures import TOKEN, payload, person_image
 
