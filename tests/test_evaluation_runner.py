@@ -112,3 +112,29 @@ def test_tiny_clickpose_runs_all_modes(synth, tmp_path):
             assert -1.0 <= res["box_ap"][k]["AP_L"] <= 1.0
         for img in res["per_image"]:
             assert len(img["ap"]) == 3 and all(c >= 1 for c in img["clicks"][1:])
+
+
+def test_official_loop_holds_nothing_and_does_not_reapply_old_clicks(synth):
+    """The released loop: a round sets only its own clicks, and the decoder moves them too."""
+    import torch
+    from clickpose_core import ClickPoseConfig, build_model
+    from clickpose_core.evaluation.refiners import OfficialLoop
+    from clickpose_core.predictor import Predictor
+    from clickpose_core.types import Click
+
+    torch.manual_seed(0)
+    model = build_model(ClickPoseConfig.tiny())
+    with torch.no_grad():   # the official init zeroes the offset heads: nothing would ever move
+        for p in model.parameters():
+            if torch.count_nonzero(p) == 0:
+                p.normal_(0.0, 0.05)
+    loop = OfficialLoop(Predictor(model, cache_size=2))
+    ds = EvalDataset.from_folder(synth)
+    image_id = ds.image_ids[0]
+    first = loop.predict(image_id, ds.image(image_id))
+    h, w = ds.image(image_id).shape[:2]
+    row = first[0].index
+    after = {p.index: p for p in loop.refine(image_id, [Click(row, 3, 0.3 * w, 0.6 * h)])}
+    assert np.abs(after[row].keypoints[3] - [0.3 * w, 0.6 * h]).max() > 1e-3     # not held
+    again = {p.index: p for p in loop.refine(image_id, [Click(row, 5, 0.5 * w, 0.5 * h)])}
+    assert not np.allclose(again[row].keypoints[3], [0.3 * w, 0.6 * h])          # not re-applied
