@@ -148,9 +148,9 @@ class ClickPose(nn.Module):
         t, dec = self.transformer, self.transformer.decoder
         content, logits, boxes = t.propose(mem.memory, mem.padding, mem.layout)
         top = logits.max(-1)[0].topk(self.config.num_queries, dim=1)[1]
-        tokens = content.gather(1, top[..., None].expand(-1, -1, content.shape[-1]))
+        selected = content.gather(1, top[..., None].expand(-1, -1, content.shape[-1]))
         ref_logits = boxes.gather(1, top[..., None].expand(-1, -1, 4))
-        tokens, refs = tokens.detach(), ref_logits.detach().sigmoid()
+        tokens, refs = selected.detach(), ref_logits.detach().sigmoid()
         num_dn = 0 if dn is None else dn.num
         if dn is not None:
             tokens, refs = torch.cat([dn.box_tokens, tokens], 1), torch.cat([dn.box_refs, refs], 1)
@@ -181,8 +181,7 @@ class ClickPose(nn.Module):
         out = dict(layers[-1])
         if with_aux:
             out["aux_outputs"] = layers[:-1]
-            out["interm_outputs"] = {"pred_logits": t.enc_out_class_embed(content.gather(
-                1, top[..., None].expand(-1, -1, content.shape[-1]))), "pred_boxes": ref_logits.sigmoid(),
+            out["interm_outputs"] = {"pred_logits": t.enc_out_class_embed(selected), "pred_boxes": ref_logits.sigmoid(),
                 "pred_keypoints": ref_logits.new_zeros(b, ref_logits.shape[1], k3)}
             out["proposal_index"], out["group_index"] = top, keep
             if dn is not None:

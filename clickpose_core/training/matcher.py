@@ -13,6 +13,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ..postprocess import split_keypoints
 from .boxes import box_cxcywh_to_xyxy, pairwise_giou
 
 Matches = list[tuple[Tensor, Tensor]]   # per image: (prediction indices, target indices), int64
@@ -32,8 +33,7 @@ class MatchCosts:
 
 def keypoint_xy_vis(keypoints: Tensor, num_keypoints: int) -> tuple[Tensor, Tensor]:
     """[..., 3K] -> xy [..., K, 2] and visibility [..., K]."""
-    k = num_keypoints
-    return keypoints[..., :2 * k].unflatten(-1, (k, 2)), keypoints[..., 2 * k:3 * k]
+    return split_keypoints(keypoints, num_keypoints), keypoints[..., 2 * num_keypoints:]
 
 
 def oks(pred: Tensor, gt: Tensor, vis: Tensor, area: Tensor, sigmas: Tensor) -> Tensor:
