@@ -65,6 +65,18 @@ def test_resume_continues_exactly(synth, tmp_path):
     assert [x["loss"] for x in log_a] == [x["loss"] for x in log_b]
 
 
+def test_resume_after_a_crash_logs_each_step_once(synth, tmp_path):
+    first = make_trainer(synth, tmp_path, steps=2)
+    first.fit(progress=False)
+    with open(tmp_path / "log.jsonl", "a") as log:      # steps logged after the last checkpoint, then a crash
+        log.write(json.dumps({"loss": -1.0, "step": 3}) + "\n")
+    resumed = make_trainer(synth, tmp_path, steps=4)
+    resumed.resume(str(tmp_path / "last.pth"))
+    resumed.fit(progress=False)
+    log = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
+    assert [x["step"] for x in log] == [1, 2, 3, 4] and all(x["loss"] > 0 for x in log)
+
+
 def test_checkpoints_load_as_model_weights(synth, tmp_path):
     trainer = make_trainer(synth, tmp_path, steps=2)
     trainer.fit(progress=False)

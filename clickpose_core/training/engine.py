@@ -160,6 +160,7 @@ class Trainer:
         window: list[dict[str, float]] = []
         bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
         started = time.perf_counter() - self.elapsed
+        _drop_log_after(log_path, self.step)
         with open(log_path, "a") as log:
             for images, masks, targets in self.batches():
                 if self.step >= self.cfg.steps:
@@ -217,3 +218,17 @@ class Trainer:
         self.generator.set_state(t["generator"])
         torch.set_rng_state(t["torch_rng"])
 
+
+def _drop_log_after(log_path: str, step: int) -> None:
+    """Forget log lines past `step`: a run interrupted after its last checkpoint logged steps that
+    the resumed run computes again, and the log must hold each step once."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        tmp = log_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, log_path)
