@@ -107,3 +107,36 @@ def test_command_trains_resumes_and_exports(synth, tmp_path):
     assert set(raw) == {"model", "config", "meta"} and raw["meta"]["licence"] == "test-licence"
     assert all(v.dtype == torch.float32 for v in raw["model"].values() if v.is_floating_point())
 
+
+
+def test_training_memorises_one_image_end_to_end(tmp_path):
+    """Training targets, the model and the predictor agree on coordinates: the tiny model trained
+    from scratch on one image finds that person's keypoints through Predictor + COCO evaluation
+    (a resize, flip or normalisation mismatch anywhere on the way would keep AP near 0)."""
+    from clickpose_core.config import COCO_SIGMAS
+    from clickpose_core.evaluation.data import EvalDataset
+    from clickpose_core.evaluation.refiners import PredictorRefiner
+    from clickpose_core.evaluation.runner import evaluate
+    from clickpose_core.predictor import Predictor
+
+    generate_dataset(tmp_path, 1, seed=5, width=96, height=128, image_format="png",
+                     cfg=SceneConfig(min_people=1, max_people=1, max_objects=0))
+    cfg = ClickPoseConfig.tiny()
+    torch.manual_seed(0)
+    ds = CocoKeypoints(str(tmp_path / "images"), str(tmp_path / "annotations.json"), cfg, train=False, seed=0)
+    trainer = Trainer(build_model(cfg), ds, TrainConfig(steps=500, batch_size=1, lr=1e-3, lr_backbone=1e-3),
+                      str(tmp_path / "run"))
+    truth = EvalDataset(tmp_path / "annotations.json", tmp_path / "images")
+
+    def keypoint_ap() -> float:
+        trainer.model.eval()
+        res = evaluate(PredictorRefiner(Predictor(trainer.model, cache_size=1)), truth, COCO_SIGMAS,
+                       ap_clicks=(0,), box_clicks=(0,), max_rounds=1)
+        trainer.model.train()
+        return res["keypoint_ap"]["0"]["AP"]
+
+    assert keypoint_ap() < 0.1
+    batch = collate([ds[0]])
+    for _ in range(500):
+        trainer.train_step(*batch)
+    assert keypoint_ap() >= 0.8
