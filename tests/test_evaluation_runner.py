@@ -82,6 +82,8 @@ def test_oracle_runner_end_to_end(synth, tmp_path):
     json.loads(json.dumps([res, base]))
     table = format_table([res, base])
     assert "oracle" in table and "model+manual" in table and "NoC@95" in table
+    absent = {**res, "box_ap": {"0": {**res["box_ap"]["0"], "AP_L": -1.0}}}    # COCOeval: no large people
+    assert "n/a" in format_table([absent]) and "-100.0" not in format_table([absent])
     img = plot_ap_vs_clicks({r["mode"]: [(int(k), v["AP"]) for k, v in r["keypoint_ap"].items()]
                              for r in (res, base)}, tmp_path / "p.png")
     assert (tmp_path / "p.png").stat().st_size > 1000 and img.std() > 10

@@ -10,7 +10,12 @@ def format_table(results: Sequence[dict]) -> str:
         return "(no results)"
     union = lambda key: sorted({k for r in results for k in r[key]}, key=lambda k: (len(k), k))
     ks, box_ks, nocs = union("keypoint_ap"), union("box_ap"), union("noc")
-    pct = lambda d, k, m: f"{100 * d[k][m]:.1f}" if k in d else "-"
+    def pct(d: dict, k: str, m: str) -> str:
+        if k not in d:
+            return "-"
+        # COCOeval reports -1 for a size range with no ground truth: there is nothing to score.
+        return f"{100 * d[k][m]:.1f}" if d[k][m] >= 0 else "n/a"
+
     head = ["mode"] + [f"AP@{k}clk" for k in ks] + nocs
     head += [f"box{m}@{k}" for k in box_ks for m in ("AP", "AP_M", "AP_L")]
     rows = []
