@@ -1,7 +1,7 @@
 """Interactive annotators under evaluation: anything with `predict` and `refine`.
 
-The runner only needs the `Refiner` protocol, so the model (pinned product mode or official
-unpinned mode) and the "model + manual correction" baseline are measured by the same code.
+The runner only needs the `Refiner` protocol, so the model (pinned product mode, the official
+loop, unpinned) and the "model + manual correction" baseline are measured by the same code.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class PredictorRefiner:
     """Click-Pose through `clickpose_core.predictor.Predictor`.
 
     pinned=True is the product mode (every click so far is held in place by the decoder);
-    pinned=False is the official evaluation loop, where only the current round's clicks are
-    held and earlier ones may be moved again by the refinement.
+    pinned=False re-applies every click so far each round but holds none of them. Neither is the
+    released evaluation loop, which re-applies nothing: that is `OfficialLoop`.
     """
 
     def __init__(self, predictor, pinned: bool = True, name: str | None = None):
