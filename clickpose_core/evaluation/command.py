@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     refiners = {"pinned": lambda: PredictorRefiner(predictor, pinned=True),
                 "official": lambda: OfficialLoop(predictor),
                 "manual": lambda: ManualCorrection(PredictorRefiner(predictor, pinned=True, name="model-only")),
-                "unpinned": lambda: PredictorRefiner(predictor, pinned=False, name="predictor-unpinned")}
+                "unpinned": lambda: PredictorRefiner(predictor, pinned=False)}
     results = []
     for mode in args.modes:
         results.append(evaluate(refiners[mode](), dataset, cfg.sigmas, ap_clicks=args.clicks,

@@ -37,7 +37,7 @@ class PredictorRefiner:
     def __init__(self, predictor, pinned: bool = True, name: str | None = None):
         self.predictor = predictor
         self.pinned = bool(pinned)
-        self.name = name or ("clickpose-pinned" if pinned else "clickpose-official")
+        self.name = name or ("clickpose-pinned" if pinned else "predictor-unpinned")
 
     def _key(self, image_id: int) -> str:
         return f"eval:{self.name}:{image_id}"
