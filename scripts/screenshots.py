@@ -26,6 +26,8 @@ from PIL import Image  # noqa: E402
 from browser_workflow import JOINTS, Editor, create_project, people_image  # noqa: E402
 from servers import save_tiny_checkpoint, start_backend, start_label_studio, stop  # noqa: E402
 
+from backend.settings import Settings  # noqa: E402
+
 
 def tiny_checkpoint(path: Path) -> str:
     return save_tiny_checkpoint(path, "screenshots only")
@@ -51,8 +53,11 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="clickpose-screens-"))
     weights = args.weights or tiny_checkpoint(work / "tiny.pth")
-    threshold = args.score_threshold if args.score_threshold is not None else (0.0 if not args.weights else None)
-    extra = {} if threshold is None else {"MODEL_SCORE_THRESHOLD": str(threshold)}
+    if args.score_threshold is not None:
+        threshold = args.score_threshold
+    else:   # the test fixture's backend shows everything (0); real weights get the product default
+        threshold = 0.0 if not args.weights else Settings.from_env({}).score_threshold
+    extra = {"MODEL_SCORE_THRESHOLD": str(threshold)}
     t0 = time.time()
     ls = start_label_studio(work)
     backend = None
