@@ -112,7 +112,7 @@ def test_command_trains_resumes_and_exports(synth, tmp_path):
 def test_training_memorises_one_image_end_to_end(tmp_path):
     """Training targets, the model and the predictor agree on coordinates: the tiny model trained
     from scratch on one image finds that person's keypoints through Predictor + COCO evaluation
-    (a resize, flip or normalisation mismatch anywhere on the way would keep AP near 0)."""
+    (a resize, coordinate-normalisation or box-format mismatch on the way would keep AP near 0)."""
     from clickpose_core.config import COCO_SIGMAS
     from clickpose_core.evaluation.data import EvalDataset
     from clickpose_core.evaluation.refiners import PredictorRefiner
