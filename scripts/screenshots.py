@@ -29,10 +29,6 @@ from servers import save_tiny_checkpoint, start_backend, start_label_studio, sto
 from backend.settings import Settings  # noqa: E402
 
 
-def tiny_checkpoint(path: Path) -> str:
-    return save_tiny_checkpoint(path, "screenshots only")
-
-
 def save(page, path: Path) -> int:
     """A viewport screenshot, palette-quantised (the editor UI survives 256 colours well)."""
     img = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
@@ -52,7 +48,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="clickpose-screens-"))
-    weights = args.weights or tiny_checkpoint(work / "tiny.pth")
+    weights = args.weights or save_tiny_checkpoint(work / "tiny.pth", "screenshots only")
     if args.score_threshold is not None:
         threshold = args.score_threshold
     else:   # the test fixture's backend shows everything (0); real weights get the product default

@@ -108,7 +108,6 @@ def test_command_trains_resumes_and_exports(synth, tmp_path):
     assert all(v.dtype == torch.float32 for v in raw["model"].values() if v.is_floating_point())
 
 
-
 def test_training_memorises_one_image_end_to_end(tmp_path):
     """Training targets, the model and the predictor agree on coordinates: the tiny model trained
     from scratch on one image finds that person's keypoints through Predictor + COCO evaluation

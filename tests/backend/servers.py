@@ -115,18 +115,9 @@ def label_studio_and_backend(workdir: Path, weights: str) -> Iterator[tuple[Serv
 
 
 def save_tiny_checkpoint(path: Path, licence: str) -> str:
-    """A tiny random Click-Pose. Offset heads start at zero (as in DINO), which would make a random
-    model's refinement move nothing; small noise there makes "other joints move" observable."""
-    import torch
-
-    from clickpose_core import ClickPoseConfig, build_model
+    """`tests.models.tiny_random_model`, saved like real weights."""
     from clickpose_core.checkpoint import save_checkpoint
+    from tests.models import tiny_random_model
 
-    torch.manual_seed(0)
-    model = build_model(ClickPoseConfig.tiny()).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if torch.count_nonzero(param) == 0:
-                param.normal_(0.0, 0.05)
-    save_checkpoint(path, model, meta={"licence": licence})
+    save_checkpoint(path, tiny_random_model(), meta={"licence": licence})
     return str(path)
