@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlparse
 
 import numpy as np
@@ -26,8 +26,6 @@ from PIL import Image, UnidentifiedImageError
 from label_studio_sdk._extensions.label_studio_tools.core.utils import io as ls_io
 
 from clickpose_core.image import ImageError as CoreImageError, load_image
-
-from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +110,38 @@ class GuardedSession(requests.Session):
         return resp
 
 
-class ImageLoader:
-    """Loads task images for one request (Label Studio host and token fixed per request)."""
+@dataclass(frozen=True)
+class FetchLimits:
+    """What one image download may cost."""
 
-    def __init__(self, settings: Settings, hostname: str = "", access_token: str = "") -> None:
-        # LABEL_STUDIO_URL wins over the /setup hostname: the latter comes from the network.
-        self.hostname = settings.label_studio_url or hostname.rstrip("/")
-        self.token = settings.label_studio_api_key or access_token
-        self.settings = settings
-        self.policy = HostPolicy.build(self.hostname, settings.allowed_hosts)
+    max_bytes: int = 20 * 1024 * 1024    # body size
+    max_pixels: int = 40_000_000         # width x height, checked before decoding
+    timeout: float = 10.0                # seconds per connect and per read
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where images may be downloaded from, with which token, within which limits.
+
+    Built by the serving `Settings` (from the environment and `/setup`) and by the batch tools
+    (from their flags), so both adapters fetch through the same guarded loader.
+    """
+
+    label_studio_url: str = ""           # base URL: `/data/...` paths and cloud presign resolve here
+    token: str = field(default="", repr=False)   # Label Studio token sent to label_studio_url only
+    allowed_hosts: tuple[str, ...] = ()  # extra `host[:port]` entries images may come from
+    limits: FetchLimits = FetchLimits()
+
+
+class ImageLoader:
+    """Loads task images from one `ImageSource` (one request, or one batch job)."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self.source = source
+        self.hostname = source.label_studio_url.rstrip("/")
+        self.token = source.token
+        self.limits = source.limits
+        self.policy = HostPolicy.build(self.hostname, source.allowed_hosts)
         self.cache_dir = tempfile.mkdtemp(prefix="clickpose-img-")
         # A path that never exists: disables the SDK's shortcut of reading LS's own upload folder.
         self._no_local_uploads = os.path.join(self.cache_dir, "no-local-uploads")
@@ -143,7 +164,7 @@ class ImageLoader:
 
     def fetch_bytes(self, url: str, task_id: int | None) -> bytes:
         url = self.check_url(url)
-        session = GuardedSession(self.policy, self.settings.max_image_bytes, self.settings.fetch_timeout)
+        session = GuardedSession(self.policy, self.limits.max_bytes, self.limits.timeout)
         try:
             with ls_io.http_session(session):
                 path = ls_io.get_local_path(url, cache_dir=self.cache_dir, hostname=self.hostname,
@@ -155,15 +176,15 @@ class ImageLoader:
             code = exc.response.status_code if exc.response is not None else "?"
             raise ImageError(f"Label Studio answered HTTP {code} for the task image") from None
         except requests.Timeout:
-            raise ImageError(f"fetching the image timed out after {self.settings.fetch_timeout:g} s") from None
+            raise ImageError(f"fetching the image timed out after {self.limits.timeout:g} s") from None
         except (requests.RequestException, OSError, FileNotFoundError, ValueError) as exc:
             raise ImageError(f"cannot fetch the task image ({type(exc).__name__})") from None
         finally:
             session.close()
         try:
             size = os.path.getsize(path)
-            if size > self.settings.max_image_bytes:  # a local-storage file never went through the session
-                raise ImageError(f"the image is larger than MAX_IMAGE_BYTES ({self.settings.max_image_bytes} bytes)")
+            if size > self.limits.max_bytes:  # a local-storage file never went through the session
+                raise ImageError(f"the image is larger than MAX_IMAGE_BYTES ({self.limits.max_bytes} bytes)")
             with open(path, "rb") as f:
                 return f.read()
         finally:
@@ -171,7 +192,7 @@ class ImageLoader:
                 os.unlink(path)  # each image is decoded once; the predictor caches what it needs
 
     def load(self, url: str, task_id: int | None) -> np.ndarray:
-        return decode_image(self.fetch_bytes(url, task_id), self.settings.max_image_pixels)
+        return decode_image(self.fetch_bytes(url, task_id), self.limits.max_pixels)
 
     def close(self) -> None:
         try:

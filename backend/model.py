@@ -106,7 +106,7 @@ class ClickPoseBackend(LabelStudioMLBase):
     # -- label-studio-ml entry point -----------------------------------------------------
     def predict(self, tasks: Sequence[dict], context: Any = None, **kwargs: Any) -> list[dict]:
         served = self.served()
-        loader = ImageLoader(self.settings, self.hostname, self.access_token)
+        loader = ImageLoader(self.settings.image_source(self.hostname, self.access_token))
         try:
             if context:
                 if len(tasks) != 1:

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from .images import ImageSource
 
 
 class SettingsError(ValueError):
@@ -94,6 +98,20 @@ class Settings:
             fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 10.0),
             max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),
             batch_size=_int(env, "PREDICT_BATCH_SIZE", 4, minimum=1),
+        )
+
+    def image_source(self, hostname: str = "", access_token: str = "") -> "ImageSource":
+        """The image source of one request; `hostname`/`access_token` are what `/setup` sent.
+
+        LABEL_STUDIO_URL wins over the `/setup` hostname, which comes from the network.
+        """
+        from .images import FetchLimits, ImageSource  # lazily: images imports the SDK, settings must stay light
+
+        return ImageSource(
+            label_studio_url=self.label_studio_url or hostname.rstrip("/"),
+            token=self.label_studio_api_key or access_token,
+            allowed_hosts=self.allowed_hosts,
+            limits=FetchLimits(self.max_image_bytes, self.max_image_pixels, self.fetch_timeout),
         )
 
     @property

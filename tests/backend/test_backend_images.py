@@ -10,7 +10,7 @@ from backend_fixtures import TOKEN, person_image
 
 
 def loader(fake_ls, **kw) -> ImageLoader:
-    return ImageLoader(Settings(fetch_timeout=1.0, **kw), hostname=fake_ls.url, access_token=TOKEN)
+    return ImageLoader(Settings(fetch_timeout=1.0, **kw).image_source(hostname=fake_ls.url, access_token=TOKEN))
 
 
 def test_host_policy():
@@ -43,11 +43,11 @@ def test_timeout(fake_ls):
 
 
 def test_allow_list_admits_extra_hosts_only(fake_ls):
-    other = ImageLoader(Settings(label_studio_url="http://ls.invalid:1"), hostname=fake_ls.url)
+    other = ImageLoader(Settings(label_studio_url="http://ls.invalid:1").image_source(hostname=fake_ls.url))
     with pytest.raises(ImageError, match="refusing"):
         other.fetch_bytes(fake_ls.url + "/public/a.jpg", task_id=None)
     host = fake_ls.url.split("//")[1]
-    listed = ImageLoader(Settings(label_studio_url="http://ls.invalid:1", allowed_hosts=(host,)))
+    listed = ImageLoader(Settings(label_studio_url="http://ls.invalid:1", allowed_hosts=(host,)).image_source())
     assert len(listed.fetch_bytes(fake_ls.url + "/public/a.jpg", task_id=None)) > 1000
 
 
