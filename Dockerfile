@@ -1,39 +1,53 @@
-# Click-Pose Label Studio ML backend. CPU by default:
-#   docker build -t clickpose-backend .
-# CUDA: docker build --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
-#                    --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 -t clickpose-backend:cuda .
+# The Click-Pose Label Studio ML backend. Plain Dockerfile syntax: the classic builder builds it
+# (no BuildKit or buildx needed). README, "Deployment", has every command; in short:
+#   docker build -t clickpose-backend .                                 CPU, torch from TORCH_INDEX
+#   docker build --build-arg WHEELS_DIR=wheels -t clickpose-backend .   air-gapped: wheels/ holds
+#       the wheels (scripts/docker_wheels.sh wheels); no index is used for what is in it
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
+#                --build-arg CLICKPOSE_DEVICE=cuda -t clickpose-backend:cuda .
+#   --build-arg CLICKPOSE_WEIGHTS_FILE=ClickPose_interactive_R50.pth bakes weights/<that file> in.
 ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
 
+FROM ${BASE_IMAGE} AS python
+# Bases without Python (CUDA images) get their distribution's; python:*-slim and Debian have it.
+RUN if ! python3 -c "import ensurepip" 2>/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
+      && rm -rf /var/lib/apt/lists/*; fi
+
+# The venv is built in its own stage: the wheels folder never reaches a layer of the image.
+FROM python AS venv
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    PORT=9090 WORKERS=1 THREADS=4 LOG_LEVEL=INFO CLICKPOSE_DEVICE=cpu \
-    XDG_CACHE_HOME=/tmp/cache
-
-# CUDA bases come without Python; slim images already have it.
-RUN if ! command -v python3 >/dev/null; then \
-      apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
-      && rm -rf /var/lib/apt/lists/*; fi \
- && apt-get update && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/* \
- && python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-
-WORKDIR /app
-COPY pyproject.toml constraints.txt README.md* ./
-# torch first, from the index chosen by the build argument, pinned by constraints.txt.
-RUN pip install --upgrade pip && pip install -c constraints.txt --index-url ${TORCH_INDEX} \
-      --extra-index-url https://pypi.org/simple torch
+ARG WHEELS_DIR=
+WORKDIR /src
+RUN python3 -m venv /opt/venv
+# Without WHEELS_DIR only constraints.txt lands there (the classic builder reads an empty source
+# as the whole context).
+COPY constraints.txt ${WHEELS_DIR:-constraints.txt} /tmp/wheels/
+COPY constraints.txt pyproject.toml README.md ./
+COPY docker/install_python.sh /usr/local/bin/
+RUN install_python.sh torch
 COPY clickpose_core ./clickpose_core
 COPY backend ./backend
-COPY _wsgi.py ./
-COPY weights ./weights
-RUN pip install -c constraints.txt ".[backend]"
+RUN install_python.sh project
 
-RUN useradd --create-home --uid 10001 clickpose && chown -R clickpose /app
-USER clickpose
+FROM python
+ARG CLICKPOSE_DEVICE=cpu
+ARG CLICKPOSE_WEIGHTS_FILE=
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH XDG_CACHE_HOME=/tmp/cache \
+    HOST=0.0.0.0 PORT=9090 WORKERS=1 THREADS=4 LOG_LEVEL=INFO CLICKPOSE_DEVICE=${CLICKPOSE_DEVICE}
+COPY --from=venv /opt/venv /opt/venv
+WORKDIR /app
+COPY _wsgi.py ./
+COPY weights/README.md weights/MODEL_CARD.md weights/clickpose_demo_synthetic.pth ./weights/
+COPY weights/README.md weights/${CLICKPOSE_WEIGHTS_FILE:-README.md} ./weights/
+# Empty (the default): the official file if one is mounted at /app/weights/, else the demo weights.
+ENV CLICKPOSE_WEIGHTS=${CLICKPOSE_WEIGHTS_FILE:+/app/weights/}${CLICKPOSE_WEIGHTS_FILE}
+
+RUN useradd --no-create-home --home-dir /tmp --uid 10001 --user-group clickpose
+USER 10001:10001
 
 EXPOSE 9090
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD curl -fsS "http://127.0.0.1:${PORT}/health" || exit 1
-# --preload: the weights are loaded once, before the workers fork (not on each /setup).
-CMD ["sh", "-c", "exec gunicorn --preload --bind 0.0.0.0:${PORT} --workers ${WORKERS} --threads ${THREADS} --timeout 120 --log-level $(echo ${LOG_LEVEL} | tr A-Z a-z) _wsgi:app"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['PORT'], timeout=4)"]
+# _wsgi.py execs gunicorn --preload (weights loaded once, before the workers fork) on $HOST:$PORT.
+CMD ["python", "_wsgi.py"]

@@ -83,7 +83,7 @@ def start_backend(workdir: Path, weights: str, label_studio_url: str, **env_extr
                 "WORKERS": "1", "THREADS": "4", "LOG_LEVEL": "INFO", "XDG_CACHE_HOME": str(workdir / "cache"),
                 **env_extra})
     cmd = [sys.executable, "-m", "gunicorn", "--preload", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-           "--threads", "4", "--timeout", "120", "_wsgi:app"]
+           "--threads", "4", "--timeout", "120", "--no-control-socket", "_wsgi:app"]
     return _launch(cmd, env, REPO, workdir / f"backend-{port}.log", port, "/health", 120)
 
 
