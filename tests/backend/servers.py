@@ -101,11 +101,11 @@ def _launch(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, port: int
 
 
 @contextmanager
-def label_studio_and_backend(workdir: Path, weights: str) -> Iterator[tuple[Server, Server]]:
+def label_studio_and_backend(workdir: Path, weights: str, **env_extra: str) -> Iterator[tuple[Server, Server]]:
     """A real Label Studio and the backend (pointed at it), stopped on exit."""
     ls = start_label_studio(workdir)
     try:
-        backend = start_backend(workdir, weights, ls.url)
+        backend = start_backend(workdir, weights, ls.url, **env_extra)
         try:
             yield ls, backend
         finally:
