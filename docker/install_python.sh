@@ -20,7 +20,7 @@ case "$1" in
     if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
       offline=""
     elif ! pip install --dry-run --quiet $offline -c constraints.txt ".[backend]" >/tmp/dry-run.log 2>&1; then
-      grep -E "^ERROR" /tmp/dry-run.log >&2 || tail -5 /tmp/dry-run.log >&2
+      grep -E "^ *ERROR" /tmp/dry-run.log >&2 || tail -5 /tmp/dry-run.log >&2
       echo "install_python.sh: WHEELS_DIR does not hold every requirement (above); the rest comes from the index" >&2
       offline="--find-links $wheels"
     fi

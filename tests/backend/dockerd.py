@@ -4,7 +4,7 @@ The daemon is Debian's `dockerd` with its own data root (a tmpfs), exec root and
 temporary folder. It creates no bridge, no iptables/nft rules and no published ports (`--bridge none
 --iptables=false`): containers use the host's network namespace and bind 127.0.0.1 only, so every
 connection of the test stays on loopback. Stopping it (by PID) and removing the folder leaves the
-host as it was; `Dockerd.stop` checks that no network interface was left behind.
+host as it was; `Dockerd.left_behind` lists anything that is not.
 
 The base image is made from Debian packages with `mmdebstrap` and `docker import` (no registry
 is reachable here), with the host's CA certificates inside so `pip` in a build trusts what the
@@ -53,24 +53,31 @@ class Dockerd:
         return f"unix://{self.root}/docker.sock"
 
     def start(self, timeout: float = 60, tmpfs_size: str = "10g") -> "Dockerd":
-        # Images live in memory: unmounting frees them at once (deleting ~100k files on disk took minutes).
-        (self.root / "data").mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size},mode=0710", "clickpose-dockerd",
-                        str(self.root / "data")], check=True)
-        log = (self.root / "dockerd.log").open("wb")
-        self.proc = subprocess.Popen(
-            ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
-             "--pidfile", str(self.root / "dockerd.pid"), "--host", self.socket,
-             "--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            # Images live in memory: unmounting frees them at once (deleting ~100k files on disk took minutes).
+            (self.root / "data").mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size},mode=0710", "clickpose-dockerd",
+                            str(self.root / "data")], check=True)
+            log = (self.root / "dockerd.log").open("wb")
+            self.proc = subprocess.Popen(
+                ["dockerd", "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+                 "--pidfile", str(self.root / "dockerd.pid"), "--host", self.socket,
+                 "--bridge", "none", "--iptables=false", "--ip6tables=false", "--ip-masq=false"],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self._wait_up(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_up(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"dockerd exited with {self.proc.returncode}:\n{self.log_tail()}")
             if subprocess.run(["docker", "-H", self.socket, "version"], capture_output=True).returncode == 0:
-                return self
+                return
             time.sleep(0.5)
-        self.stop()
         raise TimeoutError(f"dockerd not up after {timeout:.0f} s:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -105,6 +112,12 @@ class Dockerd:
         for link in _links() - self.links_before:   # none is expected: --bridge none
             if link.startswith(("docker", "br-", "veth")):
                 subprocess.run(["ip", "link", "delete", link], check=False)
+
+    def left_behind(self) -> list[str]:
+        """What of this daemon is still on the host after `stop` (expected: nothing)."""
+        return ([f"process {self.proc.pid}"] if self.proc is not None and self.proc.poll() is None else []) \
+            + ([str(self.root)] if self.root.exists() else []) + _mounts_under(self.root) \
+            + [f"network interface {n}" for n in sorted(_links() - self.links_before)]
 
     def __enter__(self) -> "Dockerd":
         return self.start()

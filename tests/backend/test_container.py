@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -40,6 +39,7 @@ def dockerd():
         pytest.skip(f"container test needs {', '.join(missing)}: run scripts/bootstrap_docker.sh as root")
     with Dockerd() as daemon:
         yield daemon
+    assert not daemon.left_behind(), f"the test must leave the host as it found it: {daemon.left_behind()}"
 
 
 @pytest.fixture(scope="module")
