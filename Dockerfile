@@ -29,6 +29,12 @@ RUN install_python.sh torch
 COPY clickpose_core ./clickpose_core
 COPY backend ./backend
 RUN install_python.sh project
+# Weights are gathered here so that one chmod (a copy of every file in this stage's layers only)
+# makes them readable for the non-root user even when the baked file was mode 0600.
+ARG CLICKPOSE_WEIGHTS_FILE=
+COPY weights/README.md weights/MODEL_CARD.md weights/clickpose_demo_synthetic.pth /weights/
+COPY weights/README.md weights/${CLICKPOSE_WEIGHTS_FILE:-README.md} /weights/
+RUN chmod -R a+rX /weights
 
 FROM python
 ARG CLICKPOSE_DEVICE=cpu
@@ -38,8 +44,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH XDG_CA
 COPY --from=venv /opt/venv /opt/venv
 WORKDIR /app
 COPY _wsgi.py ./
-COPY weights/README.md weights/MODEL_CARD.md weights/clickpose_demo_synthetic.pth ./weights/
-COPY weights/README.md weights/${CLICKPOSE_WEIGHTS_FILE:-README.md} ./weights/
+COPY --from=venv /weights ./weights
 # Empty (the default): the official file if one is mounted at /app/weights/, else the demo weights.
 ENV CLICKPOSE_WEIGHTS=${CLICKPOSE_WEIGHTS_FILE:+/app/weights/}${CLICKPOSE_WEIGHTS_FILE}
 

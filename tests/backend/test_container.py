@@ -63,8 +63,8 @@ def _python_like(dockerd: Dockerd, image: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def image(dockerd, base_image) -> str:
-    wheels = REPO / WHEELS
+def image(dockerd, base_image):
+    """The image; the wheels folder stays until the module ends (later builds reuse the cached venv)."""
     try:
         subprocess.run(["scripts/docker_wheels.sh", WHEELS], cwd=REPO, check=True, timeout=900,
                        env={**os.environ, "PYTHON": _python_like(dockerd, base_image)})
@@ -72,11 +72,11 @@ def image(dockerd, base_image) -> str:
         dockerd.docker("build", "--network", "none", "--build-arg", f"BASE_IMAGE={base_image}",
                        "--build-arg", f"WHEELS_DIR={WHEELS}", "-t", IMAGE, str(REPO), timeout=1800)
         NUMBERS["image build (classic builder, no network)"] = f"{time.time() - t0:.0f} s"
+        size = int(dockerd.docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
+        NUMBERS["image size"] = f"{size / 1e9:.2f} GB ({size / 2**30:.2f} GiB)"
+        yield IMAGE
     finally:
-        shutil.rmtree(wheels, ignore_errors=True)
-    size = int(dockerd.docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
-    NUMBERS["image size"] = f"{size / 1e9:.2f} GB ({size / 2**30:.2f} GiB)"
-    return IMAGE
+        shutil.rmtree(REPO / WHEELS, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,8 @@ def test_image_runs_non_root_healthy_and_serves_label_studio_with_demo_weights(d
         assert sorted(box.exec("ls", "/app/weights").split()) == ["MODEL_CARD.md", "README.md",
                                                                  "clickpose_demo_synthetic.pth"]
         health = requests.get(box.url + "/health", timeout=10).json()
-        assert health["weights"]["kind"] == "demo" and health["weights"]["path"].startswith("weights/")
+        assert health["weights"]["kind"] == "demo"
+        assert health["weights"]["path"].endswith("weights/clickpose_demo_synthetic.pth")
         run_flow(label_studio, box.url, backend_log=box.logs)
         assert box.logs().count("loading Click-Pose weights") == 1, "weights load once (gunicorn --preload)"
         NUMBERS["start (docker run -> /health 200; -> healthy)"] = f"{box.up_s:.1f} s; {box.healthy_s:.1f} s"
@@ -181,3 +182,19 @@ def test_image_uses_a_weights_file_mounted_from_the_host(dockerd, image, label_s
             health["model_version"]
     finally:
         box.close()
+
+
+def test_build_argument_bakes_a_weights_file_in(dockerd, image):
+    baked = REPO / "weights" / "container-test-baked.pth"      # *.pth in weights/ is .gitignore'd
+    save_tiny_checkpoint(baked, "test only")
+    os.chmod(baked, 0o600)      # an admin's private file: the image must still let its user read it
+    try:
+        dockerd.docker("build", "--network", "none", "--build-arg", f"BASE_IMAGE={BASE}", "--build-arg",
+                       f"WHEELS_DIR={WHEELS}", "--build-arg", f"CLICKPOSE_WEIGHTS_FILE={baked.name}",
+                       "-t", "clickpose-backend:baked", str(REPO), timeout=1800)
+    finally:
+        baked.unlink()
+    script = ("import os; from clickpose_core.weights import describe_weights; "
+              "print(os.environ['CLICKPOSE_WEIGHTS'], describe_weights(os.environ['CLICKPOSE_WEIGHTS']).kind)")
+    out = dockerd.docker("run", "--rm", "--network", "none", "clickpose-backend:baked", "python", "-c", script)
+    assert out.stdout.split() == [f"/app/weights/{baked.name}", "custom"]
