@@ -1,0 +1,123 @@
+"""Who may use the model when: interactive first, bounded memory, batch requests that finish in time.
+
+One process serves annotators (interactive refinements: tens of milliseconds each) and
+pre-annotation (a full forward: seconds per image on a CPU). The rules, in order of importance:
+
+* **A refinement never waits for a pre-annotation forward.** The two lanes do not share a lock:
+  interactive calls take the interactive lane only (one at a time, they are short), pre-annotation
+  takes the batch lane (one forward at a time). The model is stateless during a forward, so the
+  two may run at once; a pre-annotation forward also waits to *start* while an interactive call
+  is in flight, so an annotator shares the cores with at most one forward already running.
+* **Pre-annotation cannot evict annotators' sessions**: its sessions go to the predictor's
+  separate prefetch tier (CLICKPOSE_PREFETCH_CACHE_SIZE), the annotators' to the active tier
+  (CLICKPOSE_CACHE_SIZE); the click store holds interactive tasks only.
+* **Decoded pixels in flight are capped per lane** (MAX_PIXELS_IN_FLIGHT): a request waits for
+  room before decoding, so four near-limit images cannot decode at once.
+* **A batch request finishes inside Label Studio's timeout**: `Admission` admits as many tasks
+  as the measured cost per image fits in PREDICT_TIME_BUDGET (at most MAX_TASKS_PER_REQUEST)
+  and stops early when the budget runs out; the other tasks are answered "not predicted".
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Busy(RuntimeError):
+    """The backend could not get room for this request in time (HTTP 503, retry later)."""
+
+
+class Lanes:
+    """Admission to the model for the interactive lane and the batch lane.
+
+    yield_wait: the longest a pre-annotation forward waits for interactive calls to finish
+    before it starts anyway (so a stream of clicks slows pre-annotation down, never stops it).
+    """
+
+    def __init__(self, yield_wait: float = 2.0) -> None:
+        self.yield_wait = yield_wait
+        self._interactive = threading.Lock()
+        self._batch = threading.Lock()
+        self._cond = threading.Condition()
+        self._interactive_in_flight = 0
+
+    @contextmanager
+    def interactive(self) -> Iterator[None]:
+        with self._cond:
+            self._interactive_in_flight += 1
+        try:
+            with self._interactive:
+                yield
+        finally:
+            with self._cond:
+                self._interactive_in_flight -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._batch:
+            with self._cond:
+                self._cond.wait_for(lambda: self._interactive_in_flight == 0, timeout=self.yield_wait)
+            yield
+
+    @property
+    def interactive_in_flight(self) -> int:
+        return self._interactive_in_flight
+
+
+class PixelBudget:
+    """A weighted semaphore over decoded pixels; one request larger than the budget runs alone."""
+
+    def __init__(self, capacity: int, wait: float = 60.0) -> None:
+        self.capacity, self.wait = capacity, wait
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        need = min(max(int(pixels), 0), self.capacity)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._used + need <= self.capacity, timeout=self.wait):
+                raise Busy(f"waited {self.wait:g} s for room to decode {pixels} pixels (MAX_PIXELS_IN_FLIGHT "
+                           f"{self.capacity}); retry later")
+            self._used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+
+class Admission:
+    """How many pre-annotation tasks one request may take, from the measured seconds per image.
+
+    The first requests use `prior` seconds per image (a CPU with the R50 weights needs ~3.4 s);
+    each finished image updates an exponential moving average.
+    """
+
+    def __init__(self, budget: float, max_tasks: int, prior: float = 5.0, alpha: float = 0.3) -> None:
+        self.budget, self.max_tasks, self.alpha = budget, max_tasks, alpha
+        self.seconds_per_image = prior
+        self._lock = threading.Lock()
+
+    def admit(self, n_tasks: int) -> int:
+        fits = max(1, math.floor(self.budget / max(self.seconds_per_image, 1e-3)))
+        return min(n_tasks, self.max_tasks, fits)
+
+    def observe(self, seconds: float, images: int) -> None:
+        if images <= 0:
+            return
+        with self._lock:
+            per = seconds / images
+            self.seconds_per_image += self.alpha * (per - self.seconds_per_image)
+
+    def time_left(self, started: float) -> float:
+        return self.budget - (time.monotonic() - started)
