@@ -48,12 +48,19 @@ class Engine:
     """Everything one process serves with, built once from the settings that loaded the weights."""
 
     predictor: "Predictor"
-    weights: tuple[str | None, str]          # (CLICKPOSE_WEIGHTS, CLICKPOSE_DEVICE) it was built from
+    built_from: tuple                        # `Engine.key(settings)` of the settings it was built from
     clicks: ClickStore                       # annotators' clicks per interactive task
+    interactive_pixels: PixelBudget          # decoded pixels in flight, interactive lane
+    batch_pixels: PixelBudget                # decoded pixels in flight, pre-annotation lane
+    admission: Admission                     # how many pre-annotation tasks one request takes
     lanes: Lanes = field(default_factory=Lanes)
-    interactive_pixels: PixelBudget = field(default_factory=lambda: PixelBudget(80_000_000))
-    batch_pixels: PixelBudget = field(default_factory=lambda: PixelBudget(80_000_000))
-    admission: Admission = field(default_factory=lambda: Admission(60.0, 64))
+
+    @staticmethod
+    def key(settings: Settings) -> tuple:
+        """The settings an engine is built from; others (e.g. the score threshold) apply per request."""
+        return (settings.weights, settings.device, settings.cache_size, settings.prefetch_cache_size,
+                settings.max_clicks_per_task, settings.max_pixels_in_flight, settings.predict_time_budget,
+                settings.max_tasks_per_request)
 
     @classmethod
     def build(cls, settings: Settings) -> "Engine":
@@ -63,7 +70,7 @@ class Engine:
         predictor = Predictor.from_checkpoint(settings.weights, device=settings.device,
                                               cache_size=settings.cache_size,
                                               prefetch_size=settings.prefetch_cache_size)
-        return cls(predictor, (settings.weights, settings.device),
+        return cls(predictor, cls.key(settings),
                    ClickStore(capacity=4 * settings.cache_size, max_clicks=settings.max_clicks_per_task),
                    interactive_pixels=PixelBudget(settings.max_pixels_in_flight),
                    batch_pixels=PixelBudget(settings.max_pixels_in_flight),
@@ -71,18 +78,19 @@ class Engine:
 
 
 class EngineHolder:
-    """The process's one `Engine`; rebuilt only when the weights or the device change."""
+    """The process's one `Engine`; rebuilt only when the settings it is built from change."""
 
     def __init__(self) -> None:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
     def get(self, settings: Settings) -> Engine:
+        key = Engine.key(settings)
         engine = self._engine
-        if engine is not None and engine.weights == (settings.weights, settings.device):
+        if engine is not None and engine.built_from == key:
             return engine
         with self._lock:
-            if self._engine is None or self._engine.weights != (settings.weights, settings.device):
+            if self._engine is None or self._engine.built_from != key:
                 self._engine = Engine.build(settings)
             return self._engine
 
