@@ -186,11 +186,11 @@ class ClickPoseBackend(LabelStudioMLBase):
         done = 0
         size = self.settings.batch_size
         for start in range(0, admitted, size):
+            chunk = list(range(start, min(start + size, admitted)))
             # Stop before a chunk that would not finish in the budget (the estimate is per image).
-            if start and engine.admission.time_left(started) < engine.admission.seconds_per_image:
+            if start and engine.admission.time_left(started) < len(chunk) * engine.admission.seconds_per_image:
                 break
             t0 = time.monotonic()
-            chunk = list(range(start, min(start + size, admitted)))
             raw: list[tuple[int, bytes, int]] = []
             for i in chunk:
                 try:
@@ -236,10 +236,11 @@ class ClickPoseBackend(LabelStudioMLBase):
 
     def _deferred_note(self, total: int, done: int) -> str:
         budget = self.settings.predict_time_budget
+        project = self.project or "<id>"
         return (f"not predicted in this request: {total} tasks were sent, this backend pre-annotates "
                 f"{done} per request so that it answers within PREDICT_TIME_BUDGET ({budget:g} s; Label Studio "
                 f"gives up after 100 s). Run Retrieve Predictions again for the rest (tasks with a prediction "
-                f"are skipped), or pre-label the whole project with `{PRELABEL_HINT} --project <id>`")
+                f"are skipped), or pre-label the whole project with `{PRELABEL_HINT} --project {project}`")
 
     @staticmethod
     def _failed(reason: str) -> dict:

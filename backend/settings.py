@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -52,6 +53,9 @@ def _url(env: dict[str, str], name: str) -> str:
     return raw
 
 
+_HOST_ENTRY = re.compile(r"^(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$")
+
+
 @dataclass(frozen=True)
 class Settings:
     """All environment-driven settings. `repr` hides the secrets so a logged Settings is safe."""
@@ -75,7 +79,7 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024    # MAX_REQUEST_BYTES: body cap of every request
     batch_size: int = 4                          # PREDICT_BATCH_SIZE: images per full-model forward
     max_tasks_per_request: int = 64             # MAX_TASKS_PER_REQUEST: pre-annotation tasks admitted per /predict
-    predict_time_budget: float = 60.0            # PREDICT_TIME_BUDGET: seconds one batch /predict may work
+    predict_time_budget: float = 45.0            # PREDICT_TIME_BUDGET: seconds one batch /predict may work
     prefetch_cache_size: int = 8                 # CLICKPOSE_PREFETCH_CACHE_SIZE: pre-annotated sessions kept
     max_pixels_in_flight: int = 80_000_000       # MAX_PIXELS_IN_FLIGHT: decoded pixels held per lane
     max_setups: int = 256                        # MAX_SETUPS: projects whose /setup connection is remembered
@@ -91,6 +95,9 @@ class Settings:
         if bool(user) != bool(password):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         hosts = tuple(h.strip().lower() for h in env.get("ALLOWED_IMAGE_HOSTS", "").split(",") if h.strip())
+        for host in hosts:
+            if not _HOST_ENTRY.match(host):
+                raise SettingsError(f"ALLOWED_IMAGE_HOSTS entries must be host or host:port, got {host!r}")
         return cls(
             label_studio_url=_url(env, "LABEL_STUDIO_URL"),
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip(),
@@ -111,7 +118,7 @@ class Settings:
             max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),
             batch_size=_int(env, "PREDICT_BATCH_SIZE", 4, minimum=1),
             max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 64, minimum=1),
-            predict_time_budget=_float(env, "PREDICT_TIME_BUDGET", 60.0, minimum=1.0),
+            predict_time_budget=_float(env, "PREDICT_TIME_BUDGET", 45.0, minimum=1.0),
             prefetch_cache_size=_int(env, "CLICKPOSE_PREFETCH_CACHE_SIZE", 8, minimum=1),
             max_pixels_in_flight=_int(env, "MAX_PIXELS_IN_FLIGHT", 80_000_000, minimum=1),
             max_setups=_int(env, "MAX_SETUPS", 256, minimum=1),

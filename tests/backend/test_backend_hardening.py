@@ -397,3 +397,20 @@ def test_image_fetches_leave_no_temp_folders(fake_ls, tmp_path, monkeypatch):
     with pytest.raises(ImageError):
         loader.fetch_bytes(fake_ls.url + "/missing.jpg", task_id=1)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the new settings, read from the environment ---------------------------------------------------
+def test_new_settings_are_read_and_checked():
+    from backend.settings import SettingsError
+
+    env = {"IMAGE_FETCH_DEADLINE": "12", "MAX_TASKS_PER_REQUEST": "7", "PREDICT_TIME_BUDGET": "30",
+           "CLICKPOSE_PREFETCH_CACHE_SIZE": "3", "MAX_PIXELS_IN_FLIGHT": "1000", "MAX_SETUPS": "5",
+           "MAX_CLICKS_PER_TASK": "9", "ALLOWED_IMAGE_HOSTS": "cdn.example.org,[::1]:8080"}
+    s = Settings.from_env(env)
+    assert (s.fetch_deadline, s.max_tasks_per_request, s.predict_time_budget, s.prefetch_cache_size,
+            s.max_pixels_in_flight, s.max_setups, s.max_clicks_per_task) == (12.0, 7, 30.0, 3, 1000, 5, 9)
+    assert Settings.from_env({}) == Settings()
+    for bad in ({"PREDICT_TIME_BUDGET": "nan"}, {"IMAGE_FETCH_DEADLINE": "0"}, {"MAX_SETUPS": "0"},
+                {"ALLOWED_IMAGE_HOSTS": "http://cdn.example.org"}, {"ALLOWED_IMAGE_HOSTS": "a@b"}):
+        with pytest.raises(SettingsError):
+            Settings.from_env(bad)
