@@ -3,16 +3,24 @@
 Starts the backend under gunicorn and a loopback image server, then times `/predict` as Label
 Studio calls it. Usage:
     .venv/bin/python scripts/bench_backend.py [--weights PATH | --preset r50|small|tiny] [--runs N]
+    .venv/bin/python scripts/bench_backend.py --load [--clicks N] [--pre-clients 2] [--max-seconds S] ...
 Without --weights a randomly initialised model of the preset is used (timing does not depend on
 the weight values).
+
+--load is the bounded load test: an annotator's refinements (drags of one smart point on a warm
+task) alone, then while `--pre-clients` clients pre-annotate new tasks back to back; it prints
+interactive p50/p90/p99 both ways, and the pre-annotation throughput and latency. Loopback only;
+every loop is bounded in count and in time (--max-seconds per phase).
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +39,10 @@ def main() -> int:
     ap.add_argument("--preset", default="r50", choices=["r50", "small", "tiny"])
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4, help="tasks in the batch pre-annotation request")
+    ap.add_argument("--load", action="store_true", help="the load test (interactive latency under pre-annotation)")
+    ap.add_argument("--clicks", type=int, default=60, help="--load: refinements timed per phase")
+    ap.add_argument("--pre-clients", type=int, default=2, help="--load: concurrent pre-annotation clients")
+    ap.add_argument("--max-seconds", type=float, default=120.0, help="--load: time limit of each phase")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="clickpose-bench-"))
     weights = args.weights
@@ -44,6 +56,12 @@ def main() -> int:
         save_checkpoint(weights, build_model(getattr(ClickPoseConfig, args.preset)()).eval(), meta={"licence": "bench"})
     files = FakeLabelStudio()
     backend = start_backend(work, weights, files.url)
+    if args.load:
+        try:
+            return load_test(backend.url, files.url, args)
+        finally:
+            stop(backend.proc)
+            files.close()
     try:
         session = requests.Session()
         setup = payload("02_setup")
@@ -89,6 +107,78 @@ def main() -> int:
     finally:
         stop(backend.proc)
         files.close()
+    return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
+
+
+def describe(name: str, ms: list[float]) -> str:
+    return (f"{name}: n={len(ms)}  p50 {percentile(ms, 50):.1f} ms  p90 {percentile(ms, 90):.1f} ms  "
+            f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms")
+
+
+def load_test(url: str, files_url: str, args) -> int:
+    session = requests.Session()
+    setup = payload("02_setup")
+    setup["hostname"], setup["access_token"] = files_url, TOKEN
+    session.post(url + "/setup", json=setup).raise_for_status()
+    click = payload("21_browser_A")
+    click["tasks"][0]["id"] = 90_000
+    smart = click["params"]["context"]["result"][1]
+    session.post(url + "/predict", json=click).raise_for_status()     # warm: the session exists now
+
+    def refinements() -> list[float]:
+        out, deadline = [], time.monotonic() + args.max_seconds
+        for i in range(args.clicks):
+            if time.monotonic() > deadline:
+                break
+            smart["value"]["x"] = 40.0 + (i % 7) * 0.5          # a drag: a new click position every call
+            t = time.perf_counter()
+            session.post(url + "/predict", json=click, timeout=300).raise_for_status()
+            out.append((time.perf_counter() - t) * 1000)
+            time.sleep(0.05)                                    # an annotator does not click back to back
+        return out
+
+    solo = refinements()
+    stop_flag = threading.Event()
+    pre_ms: list[float] = []
+    lock = threading.Lock()
+    body = payload("05_predict_single")
+
+    def pre_client(cid: int) -> None:
+        s = requests.Session()
+        n = 0
+        while not stop_flag.is_set() and n < 1000:
+            task = copy.deepcopy(body)
+            task["tasks"][0]["id"] = 100_000 + cid * 10_000 + n     # a new task each time: full model
+            n += 1
+            t = time.perf_counter()
+            s.post(url + "/predict", json=task, timeout=300).raise_for_status()
+            with lock:
+                pre_ms.append((time.perf_counter() - t) * 1000)
+
+    threads = [threading.Thread(target=pre_client, args=(c,), daemon=True) for c in range(args.pre_clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(1.0)                                             # both clients are inside a forward now
+    loaded = refinements()
+    stop_flag.set()
+    for t in threads:
+        t.join(args.max_seconds + 300)
+    elapsed = time.perf_counter() - started
+    version = session.get(url + "/health").json()["model_version"]
+    print(f"weights: {version}  load test: {args.clicks} refinements per phase, {args.pre_clients} pre-annotation "
+          f"clients (one 640x480 image per request)")
+    print(describe("interactive solo          ", solo))
+    print(describe("interactive under pre-ann.", loaded))
+    print(describe("pre-annotation requests   ", pre_ms))
+    print(f"pre-annotation throughput: {len(pre_ms) / elapsed:.2f} images/s over {elapsed:.1f} s; "
+          f"interactive p50 ratio loaded/solo {percentile(loaded, 50) / percentile(solo, 50):.2f}x")
     return 0
 
 
