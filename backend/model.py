@@ -215,8 +215,8 @@ class ClickPoseBackend(LabelStudioMLBase):
                 del raw
                 if not ok:
                     continue
-                with engine.lanes.batch():
-                    batch = predictor.predict_batch([refs[i].key for i in ok], images, prefetch=True)
+                keys = [refs[i].key for i in ok]
+                batch = engine.lanes.run_batch(lambda: predictor.predict_batch(keys, images, prefetch=True))
             engine.admission.observe(time.monotonic() - t0, len(ok))
             for i, image, persons in zip(ok, images, batch):
                 frame = ImageFrame(width=image.shape[1], height=image.shape[0])

@@ -5,9 +5,10 @@ pre-annotation (a full forward: seconds per image on a CPU). The rules, in order
 
 * **A refinement never waits for a pre-annotation forward.** The two lanes do not share a lock:
   interactive calls take the interactive lane only (one at a time, they are short), pre-annotation
-  takes the batch lane (one forward at a time). The model is stateless during a forward, so the
+  forwards run on the batch lane's one thread. The model is stateless during a forward, so the
   two may run at once; a pre-annotation forward also waits to *start* while an interactive call
-  is in flight, so an annotator shares the cores with at most one forward already running.
+  is in flight, and the batch thread runs at a lower CPU priority (nice +10, inherited by its
+  OpenMP workers), so a forward already running gives the cores to a refinement.
 * **Pre-annotation cannot evict annotators' sessions**: its sessions go to the predictor's
   separate prefetch tier (CLICKPOSE_PREFETCH_CACHE_SIZE), the annotators' to the active tier
   (CLICKPOSE_CACHE_SIZE); the click store holds interactive tasks only.
@@ -19,11 +20,18 @@ pre-annotation (a full forward: seconds per image on a CPU). The rules, in order
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+BATCH_NICE = 10
 
 
 class Busy(RuntimeError):
@@ -40,9 +48,11 @@ class Lanes:
     def __init__(self, yield_wait: float = 2.0) -> None:
         self.yield_wait = yield_wait
         self._interactive = threading.Lock()
-        self._batch = threading.Lock()
         self._cond = threading.Condition()
         self._interactive_in_flight = 0
+        # Started on first use, so no thread exists yet when gunicorn --preload forks.
+        self._batch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickpose-batch",
+                                         initializer=_lower_priority)
 
     @contextmanager
     def interactive(self) -> Iterator[None]:
@@ -56,16 +66,25 @@ class Lanes:
                 self._interactive_in_flight -= 1
                 self._cond.notify_all()
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
-        with self._batch:
+    def run_batch(self, fn: Callable[[], T]) -> T:
+        """Run one pre-annotation forward on the batch thread (one at a time, in arrival order)."""
+        def start_when_quiet() -> T:
             with self._cond:
                 self._cond.wait_for(lambda: self._interactive_in_flight == 0, timeout=self.yield_wait)
-            yield
+            return fn()
+        return self._batch.submit(start_when_quiet).result()
 
     @property
     def interactive_in_flight(self) -> int:
         return self._interactive_in_flight
+
+
+def _lower_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BATCH_NICE)   # this thread only (Linux)
+    except (OSError, AttributeError):
+        logger.info("cannot lower the batch thread's CPU priority on this system; interactive calls share "
+                    "the cores equally with a running pre-annotation forward")
 
 
 class PixelBudget:

@@ -414,3 +414,17 @@ def test_new_settings_are_read_and_checked():
                 {"ALLOWED_IMAGE_HOSTS": "http://cdn.example.org"}, {"ALLOWED_IMAGE_HOSTS": "a@b"}):
         with pytest.raises(SettingsError):
             Settings.from_env(bad)
+
+
+def test_batch_forwards_run_on_one_lower_priority_thread():
+    import os
+
+    from backend.serving import BATCH_NICE, Lanes
+
+    lanes = Lanes()
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = [lanes.run_batch(lambda: (threading.get_native_id(),
+                                     os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+            for _ in range(3)]
+    assert len({tid for tid, _ in seen}) == 1 and seen[0][0] != threading.get_native_id()
+    assert {nice for _, nice in seen} == {min(19, here + BATCH_NICE)}
