@@ -17,6 +17,7 @@ import hashlib
 import logging
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -248,6 +249,8 @@ class ClickPoseBackend(LabelStudioMLBase):
 
     # -- interactive refinement ----------------------------------------------------------
     def _refine(self, task: dict, context: dict, served: ServedConfig, loader: ImageLoader) -> dict:
+        from clickpose_core.predictor import SessionNotFound  # loaded with the weights already
+
         engine = get_engine(self.settings)
         predictor = engine.predictor
         ref = TaskRef.of(task, served.keypoints.value_key, self.project)
@@ -258,30 +261,35 @@ class ClickPoseBackend(LabelStudioMLBase):
             raise ContextError(f"context.result has {len(regions_in)} regions; at most "
                                f"{4 * self.settings.max_clicks_per_task} are read (4 x MAX_CLICKS_PER_TASK)")
         for _ in range(2):
-            image = None
-            session = predictor.session(ref.key)
-            if session is None:
-                # Downloaded and decoded before the lane is taken: a slow image server or a large
-                # image delays this request only.
-                data = loader.fetch_bytes(ref.url, ref.id)
-                w, h = image_size(data)
-                with engine.interactive_pixels.hold(w * h):
+            with ExitStack() as held:
+                image = None
+                if predictor.session(ref.key) is None:
+                    # Downloaded and decoded before any lane is taken: a slow image server or a
+                    # large image delays this request only; the first forward runs beside refinements.
+                    data = loader.fetch_bytes(ref.url, ref.id)
+                    w, h = image_size(data)
+                    held.enter_context(engine.interactive_pixels.hold(w * h))
                     image = decode_image(data, loader.limits.max_pixels)
                     del data
-                    with engine.lanes.interactive():
+                    with engine.lanes.first_forward():
+                        predictor.predict(ref.key, image)
+                with engine.lanes.interactive():
+                    if predictor.session(ref.key) is None and image is not None:
+                        predictor.predict(ref.key, image)   # evicted right after its first forward
+                    try:
                         return self._refine_locked(engine, ref, task, regions_in, served, image)
-            with engine.lanes.interactive():
-                if predictor.session(ref.key) is not None:
-                    return self._refine_locked(engine, ref, task, regions_in, served, None)
-            # Evicted between the check and the lane: fetch the image outside the lane, once more.
-        raise ImageError("the task's session was evicted twice in a row; the backend is overloaded, retry")
+                    except SessionNotFound:
+                        pass   # evicted by another task's first forward meanwhile: fetch it again
+        raise ImageError("the task's cached session was evicted twice in a row (more annotators than "
+                         "CLICKPOSE_CACHE_SIZE?); retry")
 
     def _refine_locked(self, engine: Engine, ref: "TaskRef", task: dict, regions_in: Any,
                        served: ServedConfig, image: Any) -> dict:
         predictor, store = engine.predictor, engine.clicks
-        if image is not None:
-            predictor.predict(ref.key, image)  # first call for this task in this process: full model once
         session = predictor.session(ref.key)
+        if session is None:
+            from clickpose_core.predictor import SessionNotFound
+            raise SessionNotFound(ref.key)
         state = store.get(ref.key)
         if state is None or state.frame is None:
             h, w = session.size

@@ -4,7 +4,8 @@ One process serves annotators (interactive refinements: tens of milliseconds eac
 pre-annotation (a full forward: seconds per image on a CPU). The rules, in order of importance:
 
 * **A refinement never waits for a pre-annotation forward.** The two lanes do not share a lock:
-  interactive calls take the interactive lane only (one at a time, they are short), pre-annotation
+  refinements take the interactive lane only (one at a time, they are short), an annotator's
+  first call on a task runs its full forward beside them (one at a time), pre-annotation
   forwards run on the batch lane's one thread. The model is stateless during a forward, so the
   two may run at once; a pre-annotation forward also waits to *start* while an interactive call
   is in flight, and the batch thread runs at a lower CPU priority (nice +10, inherited by its
@@ -48,6 +49,7 @@ class Lanes:
     def __init__(self, yield_wait: float = 2.0) -> None:
         self.yield_wait = yield_wait
         self._interactive = threading.Lock()
+        self._first = threading.Lock()
         self._cond = threading.Condition()
         self._interactive_in_flight = 0
         # Started on first use, so no thread exists yet when gunicorn --preload forks.
@@ -56,11 +58,22 @@ class Lanes:
 
     @contextmanager
     def interactive(self) -> Iterator[None]:
+        """A refinement (and the click bookkeeping): short, one at a time."""
+        with self._in_flight(), self._interactive:
+            yield
+
+    @contextmanager
+    def first_forward(self) -> Iterator[None]:
+        """An annotator's first call on a task: the full model once, beside the refinements."""
+        with self._in_flight(), self._first:
+            yield
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
         with self._cond:
             self._interactive_in_flight += 1
         try:
-            with self._interactive:
-                yield
+            yield
         finally:
             with self._cond:
                 self._interactive_in_flight -= 1
