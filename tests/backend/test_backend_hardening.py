@@ -428,3 +428,34 @@ def test_batch_forwards_run_on_one_lower_priority_thread():
             for _ in range(3)]
     assert len({tid for tid, _ in seen}) == 1 and seen[0][0] != threading.get_native_id()
     assert {nice for _, nice in seen} == {min(19, here + BATCH_NICE)}
+
+
+def test_refinement_does_not_wait_for_another_annotators_first_forward(make_client, fake_ls, monkeypatch):
+    client = make_client()
+    connect(client, fake_ls.url)
+    warm = payload("21_browser_A")
+    warm["tasks"][0]["id"] = 451
+    assert client.post("/predict", json=warm).status_code == 200
+    predictor = get_predictor(client.application.config["clickpose_settings"])
+    in_forward, release = threading.Event(), threading.Event()
+    original = predictor.predict
+
+    def slow_first(key, image):
+        in_forward.set()
+        release.wait(30)
+        return original(key, image)
+    monkeypatch.setattr(predictor, "predict", slow_first)
+    cold = payload("21_browser_A")
+    cold["tasks"][0]["id"] = 452                        # another task, never seen: its first call
+    t = threading.Thread(target=lambda: client.post("/predict", json=cold), daemon=True)
+    t.start()
+    try:
+        assert in_forward.wait(20)
+        done = {}
+        u = threading.Thread(target=lambda: done.setdefault("r", client.post("/predict", json=warm)), daemon=True)
+        u.start()
+        u.join(20)
+        assert "r" in done and done["r"].status_code == 200, "the refinement waited for another task's first forward"
+    finally:
+        release.set()
+        t.join(30)
