@@ -98,12 +98,15 @@ class Redactor:
             cleaned = redactor.clean(message)
             if cleaned != message:
                 record.msg, record.args = cleaned, None
+            if record.exc_info and not record.exc_text:   # a traceback can quote URLs and tokens too
+                record.exc_text = redactor.clean(_TRACE_FORMATTER.formatException(record.exc_info))
             return record
 
         logging.setLogRecordFactory(factory)
         logging._clickpose_redactor = self  # type: ignore[attr-defined]
 
 
+_TRACE_FORMATTER = logging.Formatter()
 REDACTOR = Redactor()
 
 

@@ -13,6 +13,7 @@ taken, so a slow image server only delays its own request.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -195,7 +196,7 @@ class ClickPoseBackend(LabelStudioMLBase):
             raw: list[tuple[int, bytes, int]] = []
             for i in chunk:
                 try:
-                    data = loader.fetch_bytes(refs[i].url, refs[i].id)
+                    data = self._fetch_within(loader, refs[i], engine.admission.time_left(started))
                     w, h = image_size(data)
                     raw.append((i, data, w * h))
                 except ImageError as exc:
@@ -218,9 +219,10 @@ class ClickPoseBackend(LabelStudioMLBase):
                     continue
                 keys = [refs[i].key for i in ok]
                 batch = engine.lanes.run_batch(lambda: predictor.predict_batch(keys, images, prefetch=True))
+                frames = [ImageFrame(width=image.shape[1], height=image.shape[0]) for image in images]
+                del images
             engine.admission.observe(time.monotonic() - t0, len(ok))
-            for i, image, persons in zip(ok, images, batch):
-                frame = ImageFrame(width=image.shape[1], height=image.shape[0])
+            for i, frame, persons in zip(ok, frames, batch):
                 shown = [p for p in persons if p.score >= served.keypoints.score_threshold]
                 results[i] = regions.prediction(shown, frame, predictor.model_version)
         if done == len(refs) and not any("result" in r for r in results if r):
@@ -234,6 +236,15 @@ class ClickPoseBackend(LabelStudioMLBase):
         # by Label Studio (it logs the item): that task stays without a prediction, so the next
         # Retrieve Predictions or `clickpose-ls prelabel` picks it up.
         return [r for r in results if r is not None]
+
+    @staticmethod
+    def _fetch_within(loader: ImageLoader, ref: "TaskRef", seconds_left: float) -> bytes:
+        """The task's image bytes, the download deadline cut to what is left of the time budget."""
+        limits = loader.limits
+        if seconds_left < limits.deadline:
+            cut = dataclasses.replace(limits, deadline=max(seconds_left, 0.5))
+            loader = ImageLoader(dataclasses.replace(loader.source, limits=cut))
+        return loader.fetch_bytes(ref.url, ref.id)
 
     def _deferred_note(self, total: int, done: int) -> str:
         budget = self.settings.predict_time_budget

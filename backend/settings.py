@@ -77,7 +77,7 @@ class Settings:
     fetch_timeout: float = 10.0                  # IMAGE_FETCH_TIMEOUT (seconds, connect and each read)
     fetch_deadline: float = 30.0                 # IMAGE_FETCH_DEADLINE (seconds, one whole download)
     max_request_bytes: int = 32 * 1024 * 1024    # MAX_REQUEST_BYTES: body cap of every request
-    batch_size: int = 4                          # PREDICT_BATCH_SIZE: images per full-model forward
+    batch_size: int = 4                          # PREDICT_BATCH_SIZE: images fetched and decoded together
     max_tasks_per_request: int = 64             # MAX_TASKS_PER_REQUEST: pre-annotation tasks admitted per /predict
     predict_time_budget: float = 45.0            # PREDICT_TIME_BUDGET: seconds one batch /predict may work
     prefetch_cache_size: int = 8                 # CLICKPOSE_PREFETCH_CACHE_SIZE: pre-annotated sessions kept

@@ -459,3 +459,23 @@ def test_refinement_does_not_wait_for_another_annotators_first_forward(make_clie
     finally:
         release.set()
         t.join(30)
+
+
+def test_tracebacks_in_the_log_are_redacted_too(caplog):
+    create_app(Settings(weights=None), load_model=False)
+    caplog.set_level(logging.ERROR)
+    try:
+        raise RuntimeError("GET https://bucket.s3.amazonaws.com/a.jpg?X-Amz-Signature=sigsecret0123 failed")
+    except RuntimeError:
+        logging.getLogger("probe").exception("download failed")
+    assert "download failed" in caplog.text and "RuntimeError" in caplog.text
+    assert "sigsecret0123" not in caplog.text
+
+
+def test_a_space_in_the_path_is_sent_encoded_and_in_the_host_refused(fake_ls):
+    host = fake_ls.url.split("//")[1]
+    loader = ImageLoader(Settings(allowed_hosts=(host,)).image_source(hostname=fake_ls.url, access_token=TOKEN))
+    assert loader.fetch_bytes(fake_ls.url + "/public/a b.jpg", task_id=1)
+    assert any(path == "/public/a%20b.jpg" for path, _ in fake_ls.requests)
+    with pytest.raises(ImageError):
+        loader.fetch_bytes("http://127.0.0.1 .evil/public/a.jpg", task_id=1)
