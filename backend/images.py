@@ -311,19 +311,26 @@ class _QuietSDK(logging.Filter):
 _SDK_LOGGER = logging.getLogger(ls_io.__name__)
 if not any(isinstance(f, _QuietSDK) for f in _SDK_LOGGER.filters):
     _SDK_LOGGER.addFilter(_QuietSDK())
-_WARNED_LOCALHOST: set[str] = set()
-_WARNED_LOCK = threading.Lock()
+class _LocalhostWarning:
+    """Says once per Label Studio URL (at most 64) that `localhost` there means the container itself."""
 
+    def __init__(self, most: int = 64) -> None:
+        self.most = most
+        self._said: set[str] = set()
+        self._lock = threading.Lock()
 
-def _warn_localhost_once(label_studio_url: str, origin: Origin) -> None:
-    if origin.host not in ("localhost", "127.0.0.1", "[::1]"):
-        return
-    with _WARNED_LOCK:
-        if label_studio_url in _WARNED_LOCALHOST or len(_WARNED_LOCALHOST) > 64:
+    def __call__(self, label_studio_url: str, origin: Origin) -> None:
+        if origin.host not in ("localhost", "127.0.0.1", "[::1]"):
             return
-        _WARNED_LOCALHOST.add(label_studio_url)
-    logger.warning("images are fetched from Label Studio at %s: inside a container that is the container "
-                   "itself; set LABEL_STUDIO_URL to an address the backend can reach", origin.netloc)
+        with self._lock:
+            if label_studio_url in self._said or len(self._said) >= self.most:
+                return
+            self._said.add(label_studio_url)
+        logger.warning("images are fetched from Label Studio at %s: inside a container that is the container "
+                       "itself; set LABEL_STUDIO_URL to an address the backend can reach", origin.netloc)
+
+
+_warn_localhost_once = _LocalhostWarning()
 
 
 class ImageLoader:

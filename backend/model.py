@@ -26,7 +26,7 @@ from label_studio_ml.model import LabelStudioMLBase
 
 from clickpose_core.types import Person
 
-from .clicks import ClickStore, ContextError, TaskClicks, read_group, smart_points_of_draft
+from .clicks import ClickStore, ContextError, read_group, smart_points_of_draft
 from .control_models import ImageFrame, PersonRegions, parse_region_id
 from .images import ImageError, ImageLoader, decode_image, image_size
 from .label_config import ServedConfig, cached_parse
