@@ -120,8 +120,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | None = None, device: str | torch.device = "cpu",
-                        cache_size: int = 32, weights_dir: str = "weights", **kwargs: Any) -> "Predictor":
-        """Build from a weights file; None picks `weights.resolve_default(weights_dir)`."""
+                        cache_size: int = 32, weights_dir: str | None = None, **kwargs: Any) -> "Predictor":
+        """Build from a weights file; None picks `weights.resolve_default(weights_dir)` (which, for
+        weights_dir None, looks in the checkout's weights/ folder, not relative to the cwd)."""
         info = resolve_default(weights_dir) if path is None else None
         model, ckpt = build_from_checkpoint(path or info.path, device="cpu")
         licence = ckpt.meta.get("licence")
