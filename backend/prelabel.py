@@ -46,9 +46,14 @@ class Report:
     skipped: list[dict] = field(default_factory=list)     # {"id", "reason"}: nothing to do
     failed: list[dict] = field(default_factory=list)      # {"id", "reason"}: no prediction written
     duplicates: list[int] = field(default_factory=list)   # tasks found with more than one MV prediction
+    had_version: int = 0                                  # selected tasks that already had an MV prediction
     interrupted: bool = False
     error: str | None = None        # the error that stopped the run, if one did
     seconds: float = 0.0
+    # perf_counter() of the first inference result and of the last settled chunk: their span
+    # gives the steady rate, without weight loading, snapshot or Ray start-up
+    first_result_at: float | None = None
+    last_write_at: float | None = None
 
     def fail(self, task_id: int, reason: str) -> None:
         self.failed.append({"id": int(task_id), "reason": reason})
@@ -57,7 +62,17 @@ class Report:
         return {"project": self.project, "model_version": self.model_version, "selected": self.selected,
                 "done": sorted(self.done), "skipped": self.skipped, "failed": self.failed,
                 "duplicates": sorted(self.duplicates), "interrupted": self.interrupted,
-                "error": self.error, "seconds": round(self.seconds, 2)}
+                "error": self.error, "seconds": round(self.seconds, 2),
+                "steady_tasks_per_s": None if self.steady_rate is None else round(self.steady_rate, 4)}
+
+    @property
+    def steady_rate(self) -> float | None:
+        """Tasks per second between the first result and the last write (None for fewer than 2 tasks)."""
+        done = len(self.done) + len(self.failed)
+        if done < 2 or self.first_result_at is None or self.last_write_at is None:
+            return None
+        span = self.last_write_at - self.first_result_at
+        return (done - 1) / span if span > 0 else None
 
     def summary(self) -> str:
         rate = len(self.done) / self.seconds if self.seconds > 0 else 0.0
@@ -161,6 +176,7 @@ def snapshot(project: LabelStudioProject, mv: str, selection: Selection, report:
     pending = {t["id"]: {"id": t["id"], "data": t.get("data")} for t in todo if wanted is None or t["id"] in wanted}
     had = [i for i in done if wanted is None or i in wanted]
     report.skipped.extend({"id": i, "reason": f"already has a prediction of {mv}"} for i in had)
+    report.had_version = len(had)
     if wanted is not None:
         report.skipped.extend({"id": i, "reason": f"not a task of project {project.id}"}
                               for i in sorted(wanted - set(pending) - set(had)))
@@ -224,6 +240,7 @@ class _Writer(threading.Thread):
             for task_id, reason in outcome.failed:
                 self.report.fail(task_id, reason)
             self.progress.settled(len(outcome.done), len(outcome.failed))
+            self.report.last_write_at = time.perf_counter()
 
 
 def run_chunks(results: Iterable[TaskResult], writer: ChunkWriter, report: Report, chunk: int,
@@ -238,6 +255,8 @@ def run_chunks(results: Iterable[TaskResult], writer: ChunkWriter, report: Repor
     buffer: dict[int, dict] = {}
     try:
         for result in results:
+            if report.first_result_at is None:
+                report.first_result_at = time.perf_counter()
             progress.inferred()
             if result.prediction is None:
                 report.fail(result.task_id, result.error or "no prediction")
@@ -319,8 +338,10 @@ def run(config: PrelabelConfig) -> Report:
     progress = Progress(len(tasks), enabled=config.progress)
     try:
         _infer_and_write(config, project, credentials, model, info.label_config, tasks, report, progress)
-        if report.done and not report.interrupted:
-            project.set_model_version(mv)   # the editor shows the predictions of the project's version
+        if (report.done or report.had_version) and not report.interrupted:
+            # the editor shows the predictions of the project's version (also after a resumed run
+            # whose predictions were all written before it was stopped)
+            project.set_model_version(mv)
     except Exception as exc:
         report.error = str(exc)
         raise

@@ -200,6 +200,17 @@ def test_predictions_equal_the_backend_pre_annotation_and_ray_equals_serial(ls, 
         assert normalised(result) == normalised(by_version["serial"][t])
 
 
+def test_a_view_or_a_limit_selects_the_tasks(ls, tiny_checkpoint):
+    project, ids = new_project(ls, 4)
+    view = api(ls, "POST", "/api/dm/views/", json={"project": project, "data": {"filters": {
+        "conjunction": "and", "items": [{"filter": "filter:tasks:id", "operator": "in", "type": "Number",
+                                         "value": {"min": ids[1], "max": ids[2]}}]}}}).json()["id"]
+    assert prelabel(ls, project, "--view", str(view), weights=tiny_checkpoint).returncode == 0
+    assert {t: len(p) for t, p in predictions(ls, project).items()} == {ids[0]: 0, ids[1]: 1, ids[2]: 1, ids[3]: 0}
+    assert prelabel(ls, project, "--limit", "1", weights=tiny_checkpoint).returncode == 0
+    assert {t: len(p) for t, p in predictions(ls, project).items()} == {ids[0]: 1, ids[1]: 1, ids[2]: 1, ids[3]: 0}
+
+
 def test_a_config_the_backend_cannot_serve_is_refused_before_any_work(ls, tiny_checkpoint):
     config = '<View><Image name="i" value="$image"/><Choices name="c" toName="i"><Choice value="a"/></Choices></View>'
     project, ids = new_project(ls, 1, config=config)
