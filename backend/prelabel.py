@@ -1,9 +1,9 @@
 """`clickpose-ls prelabel`: pre-label a whole Label Studio project, resumable and exactly once.
 
-1. Snapshot: the ids of the selected tasks that have no prediction of model version `MV`
-   (`LabelStudioProject.tasks_without`: the server-side filter, then an exact client check).
+1. Snapshot: the selected tasks that have no prediction of model version `MV`
+   (`LabelStudioProject.partition`: the server-side filter, then an exact client check).
 2. Inference, in task order (`task_inference.serial_results`) or on Ray (`prelabel_ray`), while a
-   writer thread sends finished chunks to Label Studio: the model never waits on an upload.
+   writer thread sends finished chunks to Label Studio behind it (a queue of two chunks).
 3. Each chunk is written by `ChunkWriter`: re-read which of its tasks already have an `MV`
    prediction, import only the missing ones in one bulk call (never retried by the SDK), and
    after any error, even one where the server may have committed (timeout, lost connection,
@@ -50,9 +50,9 @@ class Report:
     interrupted: bool = False
     error: str | None = None        # the error that stopped the run, if one did
     seconds: float = 0.0
-    # perf_counter() of the first inference result and of the last settled chunk: their span
-    # gives the steady rate, without weight loading, snapshot or Ray start-up
-    first_result_at: float | None = None
+    # time.time() when the model was ready (the earliest Ray actor) and of the last settled chunk:
+    # their span gives the steady rate, without weight loading, the snapshot or Ray start-up
+    model_ready_at: float | None = None
     last_write_at: float | None = None
 
     def fail(self, task_id: int, reason: str) -> None:
@@ -67,12 +67,12 @@ class Report:
 
     @property
     def steady_rate(self) -> float | None:
-        """Tasks per second between the first result and the last write (None for fewer than 2 tasks)."""
-        done = len(self.done) + len(self.failed)
-        if done < 2 or self.first_result_at is None or self.last_write_at is None:
+        """Tasks settled per second from the model being ready to the last write."""
+        settled = len(self.done) + len(self.failed)
+        if not settled or self.model_ready_at is None or self.last_write_at is None:
             return None
-        span = self.last_write_at - self.first_result_at
-        return (done - 1) / span if span > 0 else None
+        span = self.last_write_at - self.model_ready_at
+        return settled / span if span > 0 else None
 
     def summary(self) -> str:
         rate = len(self.done) / self.seconds if self.seconds > 0 else 0.0
@@ -240,7 +240,7 @@ class _Writer(threading.Thread):
             for task_id, reason in outcome.failed:
                 self.report.fail(task_id, reason)
             self.progress.settled(len(outcome.done), len(outcome.failed))
-            self.report.last_write_at = time.perf_counter()
+            self.report.last_write_at = time.time()
 
 
 def run_chunks(results: Iterable[TaskResult], writer: ChunkWriter, report: Report, chunk: int,
@@ -252,11 +252,14 @@ def run_chunks(results: Iterable[TaskResult], writer: ChunkWriter, report: Repor
     """
     thread = _Writer(writer, report, progress)
     thread.start()
+    report.model_ready_at = time.time()   # in this process the model is loaded; Ray actors say when they are
+    actors_ready: set[float] = set()
     buffer: dict[int, dict] = {}
     try:
         for result in results:
-            if report.first_result_at is None:
-                report.first_result_at = time.perf_counter()
+            if result.model_ready_at is not None:
+                actors_ready.add(result.model_ready_at)
+                report.model_ready_at = min(actors_ready)
             progress.inferred()
             if result.prediction is None:
                 report.fail(result.task_id, result.error or "no prediction")

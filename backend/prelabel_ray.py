@@ -8,6 +8,7 @@ optional extra: `pip install ".[backend,ray]"`.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -53,6 +54,7 @@ class _Actor:
         served = cached_parse(plan.label_config, tuple(predictor.config.keypoint_names), plan.score_threshold)
         self.model = TaskPredictor(predictor, served, plan.model_version, plan.project)
         self.loaders = Loaders(plan.image_source, Credentials(plan.url, plan.api_key))
+        self.ready_at = time.time()
 
     def __call__(self, batch: dict) -> dict:
         from .task_inference import serial_results
@@ -61,7 +63,7 @@ class _Actor:
         results = list(serial_results(tasks, self.model, self.loaders, prefetch=2))
         return {"id": [r.task_id for r in results],
                 "prediction": [json.dumps(r.prediction) if r.prediction is not None else "" for r in results],
-                "error": [r.error or "" for r in results]}
+                "error": [r.error or "" for r in results], "ready_at": [self.ready_at] * len(results)}
 
 
 def _pool_size(plan: RayPlan, ray) -> tuple[int, float, float]:
@@ -96,7 +98,7 @@ def ray_results(tasks: Sequence[dict], plan: RayPlan, batch_size: int = 4) -> It
                              compute=ray.data.ActorPoolStrategy(size=actors))
         for row in out.iter_rows():
             prediction = json.loads(row["prediction"]) if row["prediction"] else None
-            yield TaskResult(int(row["id"]), prediction, str(row["error"]) or None)
+            yield TaskResult(int(row["id"]), prediction, str(row["error"]) or None, float(row["ready_at"]))
     finally:
         if started_here:
             ray.shutdown()

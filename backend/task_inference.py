@@ -28,11 +28,16 @@ from .model import TaskError, TaskRef
 
 @dataclass(frozen=True)
 class TaskResult:
-    """One task's outcome: a prediction dict (without `task`), or the reason there is none."""
+    """One task's outcome: a prediction dict (without `task`), or the reason there is none.
+
+    model_ready_at: time.time() when the model replica that made it had loaded (Ray actors), for
+    the throughput figure; None in this process.
+    """
 
     task_id: int
     prediction: dict | None
     error: str | None = None
+    model_ready_at: float | None = None
 
 
 class Loaders:

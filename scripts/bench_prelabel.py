@@ -3,9 +3,10 @@
 Starts a real Label Studio on 127.0.0.1 (from .venv-ls), imports N synthetic 640x480 images, and
 pre-labels them with `clickpose-ls prelabel`, serial and with `--ray --actors 2` (2 actors x 1
 torch thread), for the R50 preset (random weights: timing does not depend on their values) and
-the demo weights. The steady rate (first result to last write, so weight loading, the snapshot and
-Ray start-up are left out) is compared with the in-process full forward of the same images. A
-short warm-up run goes first: Label Studio answers its first requests slowly.
+the demo weights. The steady rate (model ready to last write, so weight loading, the snapshot and
+Ray start-up are left out) is compared with the in-process full forward of the same images,
+measured just before and after each run. A short warm-up run goes first: Label Studio answers
+its first requests slowly.
 Usage:
     .venv/bin/python scripts/bench_prelabel.py [--images 8] [--only r50|demo]
 """
@@ -92,21 +93,25 @@ def prelabel(url: str, project: int, weights: str, mv: str, work: Path, *extra: 
 
 
 def bench(name: str, weights: str, url: str, n: int, work: Path) -> list[str]:
+    """Each prelabel run is framed by the model's own rate measured just before and after it: the
+    CPU is shared, so the load can change between measurements."""
     files = images(n)
     project = new_project(url, files)
-    rate2 = forward_rate(weights, files, threads=2)
-    rate1 = forward_rate(weights, files[: max(3, n // 3)], threads=1)
+    few = files[: max(3, n // 3)]
     prelabel(url, project, weights, "warm-up", work, "--limit", "4")   # Label Studio's first requests are slow
+    before2 = forward_rate(weights, few, threads=2)
     serial = prelabel(url, project, weights, "serial", work)
+    rate2 = (before2 + forward_rate(weights, few, threads=2)) / 2
+    before1 = forward_rate(weights, few, threads=1)
     ray = prelabel(url, project, weights, "ray", work, "--ray", "--actors", "2")
+    rate1 = (before1 + forward_rate(weights, few, threads=1)) / 2
     rows = []
     for label, report, reference, ref_name in (("serial", serial, rate2, "forward, 2 threads"),
-                                               ("--ray, 2 actors x 1 thread", ray, 2 * rate1,
+                                               ("`--ray --actors 2` (1 thread each)", ray, 2 * rate1,
                                                 "2 x forward, 1 thread")):
         rate = report["steady_tasks_per_s"]
-        rows.append(f"| {name} | {label} | {rate:.3f} | {len(report['done'])} / {report['wall']:.1f} s | "
+        rows.append(f"| {name} | {label} | {rate:.3f} | {len(report['done'])} in {report['wall']:.1f} s | "
                     f"{reference:.3f} ({ref_name}) | **{rate / reference:.2f}x** |")
-    rows.append(f"| {name} | model alone | {rate2:.3f} (2 threads), {rate1:.3f} (1 thread) | | | |")
     return rows
 
 
@@ -123,8 +128,8 @@ def main() -> int:
             rows += bench("demo", str(REPO / "weights" / "clickpose_demo_synthetic.pth"), ls.url, args.images * 4, work)
         if args.only in (None, "r50"):
             rows += bench("R50", r50_weights(work), ls.url, args.images, work)
-        print(f"cpus: {os.cpu_count()}  (steady rate: first result to last write, images/s)")
-        print("| weights | prelabel | images/s | tasks / wall (whole command) | model's own rate | ratio |")
+        print(f"cpus: {os.cpu_count()}  (steady rate: model ready to last write, images/s)")
+        print("| weights | prelabel | images/s | tasks, wall time of the command | model's own rate | ratio |")
         print("|---|---|---|---|---|---|")
         print("\n".join(rows))
     finally:
