@@ -249,3 +249,20 @@ def test_an_orphan_goes_to_the_smallest_box_that_holds_it():
     result = [box("big", 0, 0, 100, 100), box("small", 40, 40, 20, 20), point("o", "nose", 50, 50)]
     people, problems = group_people(result, SERVED, FRAME)
     assert not problems and [len(p.joints) for p in people] == [0, 1]
+
+
+def test_image_loaders_follow_the_renewed_access_token():
+    from backend.images import ImageSource
+    from backend.task_inference import Loaders
+
+    class Tokens:
+        token = "access-1"
+
+    tokens = Tokens()
+    loaders = Loaders(ImageSource(label_studio_url="http://127.0.0.1:1"), tokens)
+    first = loaders.current()
+    assert first.token == "access-1" and loaders.current() is first
+    tokens.token = "access-2"
+    second = loaders.current()
+    assert second is not first and second.token == "access-2" and second.hostname == "http://127.0.0.1:1"
+    loaders.close()
