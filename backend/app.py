@@ -4,10 +4,12 @@ label-studio-ml's own views turn every exception into a 500 whose body holds the
 and its request hooks log headers and bodies (basic-auth headers, `/setup`'s access token) at
 DEBUG. So `create_app` keeps the framework's app, manager and model base class, but
 
-* replaces `/predict`, `/setup`, `/health` and `/webhook` with views that validate the body and
-  answer 4xx with a message for bad input (a 500 never carries a traceback);
+* replaces every framework route (`/predict`, `/setup`, `/health`, `/`, `/webhook`, `/train`,
+  `/versions`, `/is_training`, `/metrics`) with views that validate the body and answer 4xx with
+  a message for bad input (a 500 never carries a traceback);
 * removes the logging hooks, and redacts secrets from every log record as a second line;
-* caps request bodies (MAX_REQUEST_BYTES) and checks basic auth when it is configured.
+* caps request bodies (MAX_REQUEST_BYTES) and checks basic auth when it is configured;
+* remembers the connection of at most MAX_SETUPS projects (`SetupRegistry`), each project's own.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import hmac
 import logging
 import re
 import threading
-from typing import Any
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -25,9 +29,10 @@ from werkzeug.exceptions import HTTPException
 from label_studio_ml import api as ls_api
 
 from .clicks import ContextError
-from .images import ImageError
+from .images import ImageError, parse_http_url
 from .label_config import LabelConfigError, cached_parse
 from .model import ClickPoseBackend, TaskError, get_predictor
+from .serving import Busy
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,26 +44,43 @@ class BadRequest(ValueError):
 
 # -- secrets never reach a log line ----------------------------------------------------------
 class Redactor:
-    """Replaces known secrets and anything that looks like a credential in every log record."""
+    """Replaces known secrets and anything that looks like a credential in every log record.
+
+    Known secrets: the settings' (for the process's life) and the tokens of the projects
+    `SetupRegistry` remembers now (bounded by MAX_SETUPS, pruned with it). Patterns catch the
+    rest: auth headers, `key=value` credentials, `user:password@` in URLs, and signed-URL query
+    values (`X-Amz-Signature=`, `token=`, `sig=`, ...), as the SDK and urllib3 log URLs.
+    """
 
     _PATTERNS = (
-        re.compile(r"(?i)\b(Token|Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}"),
-        re.compile(r"""(?i)(["']?(?:access_token|api_key|password|refresh)["']?\s*[:=]\s*["']?)[^"',\s}]+"""),
+        (re.compile(r"(?i)\b(Token|Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
+        (re.compile(r"""(?i)(["']?(?:access_token|api_key|password|refresh)["']?\s*[:=]\s*["']?)[^"',\s}&]+"""),
+         r"\1***"),
+        (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@"), r"\1***@"),
+        (re.compile(r"(?i)([?&;](?:[a-z0-9_.-]*(?:signature|credential|security-token|token|secret|password|key)"
+                    r"|sig|se|st|skoid|sktid)=)[^&\s'\"]+"), r"\1***"),
     )
 
     def __init__(self) -> None:
         self.secrets: set[str] = set()
+        self.dynamic: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
     def add(self, *values: str) -> None:
+        """Secrets for the life of the process (the settings')."""
         with self._lock:
             self.secrets.update(v for v in values if v and len(v) >= 4)
 
+    def set_dynamic(self, values: Iterable[str]) -> None:
+        """The secrets that come and go (remembered `/setup` tokens); replaces the previous set."""
+        self.dynamic = frozenset(v for v in values if v and len(v) >= 4)
+
     def clean(self, text: str) -> str:
-        for secret in sorted(self.secrets, key=len, reverse=True):
+        for secret in sorted(self.secrets | self.dynamic, key=len, reverse=True):
             text = text.replace(secret, "***")
-        text = self._PATTERNS[0].sub(lambda m: f"{m.group(1)} ***", text)
-        return self._PATTERNS[1].sub(lambda m: f"{m.group(1)}***", text)
+        for pattern, replacement in self._PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
 
     def install(self) -> None:
         """Wrap the log record factory once, so every logger and handler (caplog included) is covered."""
@@ -76,26 +98,87 @@ class Redactor:
             cleaned = redactor.clean(message)
             if cleaned != message:
                 record.msg, record.args = cleaned, None
+            if record.exc_info and not record.exc_text:   # a traceback can quote URLs and tokens too
+                record.exc_text = redactor.clean(_TRACE_FORMATTER.formatException(record.exc_info))
             return record
 
         logging.setLogRecordFactory(factory)
         logging._clickpose_redactor = self  # type: ignore[attr-defined]
 
 
+_TRACE_FORMATTER = logging.Formatter()
 REDACTOR = Redactor()
 
-# Label Studio connection per project id ("<id>.<created>" -> "<id>"): the hostname and token of
-# the last /setup, used to download that project's images.
-_SETUPS: dict[str, dict[str, str]] = {}
-_SETUPS_LOCK = threading.Lock()
+
+@dataclass(frozen=True)
+class Connection:
+    """What one project's `/setup` said: where its Label Studio is and the token to use there."""
+
+    hostname: str = ""
+    access_token: str = field(default="", repr=False)
+
+
+class SetupRegistry:
+    """The last `/setup` of at most `capacity` projects, least recently used dropped first.
+
+    `/setup` needs no authentication unless basic auth is on, so what it can make the process
+    keep is bounded, and a project's connection is used for that project only (a setup never
+    retargets another project's downloads).
+    """
+
+    def __init__(self, capacity: int, redactor: Redactor) -> None:
+        self.capacity, self.redactor = capacity, redactor
+        self._by_project: "OrderedDict[str, Connection]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, project: str, conn: Connection) -> None:
+        with self._lock:
+            self._by_project[project] = conn
+            self._by_project.move_to_end(project)
+            while len(self._by_project) > self.capacity:
+                self._by_project.popitem(last=False)
+            self.redactor.set_dynamic(c.access_token for c in self._by_project.values())
+
+    def get(self, project: str) -> Connection:
+        with self._lock:
+            return self._by_project.get(project, Connection())
+
+    def __len__(self) -> int:
+        return len(self._by_project)
+
+
+_PROJECT_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}(\.[0-9]{1,20})?$")
 
 
 def _project_id(project: Any) -> str:
-    return str(project or "").split(".")[0]
+    """"<id>.<created>" (what Label Studio sends), an integer id, or nothing -> "<id>" or ""."""
+    if project is None or project == "":
+        return ""
+    if isinstance(project, int) and not isinstance(project, bool):
+        project = str(project)
+    if not isinstance(project, str) or not _PROJECT_RE.match(project):
+        raise BadRequest("'project' must be Label Studio's project id (\"<id>.<timestamp>\" or an integer)")
+    return project.split(".")[0]
+
+
+def _hostname(value: Any) -> str:
+    """The `/setup` hostname: empty, or an http(s) base URL without credentials."""
+    if value in (None, ""):
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest("'hostname' must be a string")
+    try:
+        origin, canonical = parse_http_url(value.strip())
+    except ImageError as exc:
+        raise BadRequest(f"'hostname' must be Label Studio's http(s) base URL: {exc}") from None
+    return canonical.rstrip("/")
 
 
 def _json_body() -> dict:
-    body = request.get_json(silent=True)  # raises 413 itself when the body is over the cap
+    try:
+        body = request.get_json(silent=True)  # raises 413 itself when the body is over the cap
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
     return body
@@ -113,7 +196,7 @@ def _check_size(settings: Settings) -> Any:
 
 
 def _check_basic_auth(settings: Settings) -> Any:
-    if not settings.basic_auth_user or request.path in ("/health", "/"):
+    if not settings.basic_auth_user or request.path == "/health":
         return None  # health stays open for container health checks; it reveals no secret
     header = request.headers.get("Authorization", "")
     ok = False
@@ -142,6 +225,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fla
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["JSON_SORT_KEYS"] = False
     app.config["clickpose_settings"] = settings
+    app.config["clickpose_setups"] = SetupRegistry(settings.max_setups, REDACTOR)
 
     # The framework logs headers and bodies at DEBUG: drop those hooks (idempotent).
     app.before_request_funcs[None] = [f for f in app.before_request_funcs.get(None, [])
@@ -170,19 +254,14 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fla
         schema = body.get("schema")
         if not isinstance(schema, str):
             raise BadRequest("'schema' (the labeling config XML) is required")
+        project = _project_id(body.get("project"))
+        hostname = _hostname(body.get("hostname"))
+        token = body.get("access_token") or ""
+        if not isinstance(token, str):
+            raise BadRequest("'access_token' must be a string")
         predictor = get_predictor(settings_now())
         served = cached_parse(schema, tuple(predictor.config.keypoint_names), settings_now().score_threshold)
-        hostname = body.get("hostname") or ""
-        token = body.get("access_token") or ""
-        if not isinstance(hostname, str) or not isinstance(token, str):
-            raise BadRequest("'hostname' and 'access_token' must be strings")
-        REDACTOR.add(token)
-        with _SETUPS_LOCK:
-            _SETUPS[_project_id(body.get("project"))] = {"hostname": hostname, "access_token": token}
-            _SETUPS[""] = _SETUPS[_project_id(body.get("project"))]  # interactive calls may lack a known project
-        # Keep the framework's bookkeeping (it builds the model object; that is cheap here).
-        ls_api._manager.fetch(str(body.get("project") or ""), schema, False, hostname=hostname,
-                              access_token=token, model_version=body.get("model_version"))
+        app.config["clickpose_setups"].put(project, Connection(hostname, token))
         reply = {"model_version": predictor.model_version}
         if served.unmapped_labels:
             reply["warning"] = ("labels ignored by the model: " + ", ".join(served.unmapped_labels))
@@ -199,11 +278,12 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fla
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object")
-        project = str(body.get("project") or "")
-        with _SETUPS_LOCK:
-            conn = _SETUPS.get(_project_id(project)) or _SETUPS.get("") or {}
-        model = ClickPoseBackend(label_config=config, project=project, hostname=conn.get("hostname", ""),
-                                 access_token=conn.get("access_token", ""))
+        project = _project_id(body.get("project"))
+        # Only this project's own /setup: a setup for another project never retargets this one.
+        conn = app.config["clickpose_setups"].get(project)
+        model = ClickPoseBackend(label_config=config, project=project, hostname=conn.hostname,
+                                 access_token=conn.access_token)
+        model.served()   # a config the backend cannot serve is a 400 before any download
         results = model.predict(tasks, context=params.get("context"))
         return jsonify({"results": results, "model_version": model.model_version})
 
@@ -215,10 +295,28 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fla
         # Click-Pose is not fine-tuned online; acknowledge so Label Studio does not retry.
         return jsonify({"status": "ok", "action": action, "trained": False}), 200
 
-    app.view_functions["health"] = health
-    app.view_functions["_setup"] = setup
-    app.view_functions["_predict"] = predict
-    app.view_functions["webhook"] = webhook
+    def train() -> Any:
+        _json_body()
+        return jsonify({"status": "ok", "trained": False,
+                        "detail": "Click-Pose is not trained from Label Studio annotations"}), 200
+
+    def versions() -> Any:
+        _json_body()
+        return jsonify({"versions": [get_predictor(settings_now()).model_version]})
+
+    def is_training() -> Any:
+        return jsonify({"is_training": False})
+
+    def metrics() -> Any:
+        return jsonify({})
+
+    # Every route of label-studio-ml's app is ours: its own views answer 500 with a traceback.
+    ours = {"health": health, "_setup": setup, "_predict": predict, "webhook": webhook, "_train": train,
+            "get_version": versions, "_is_training": is_training, "metrics": metrics}
+    missing = {rule.endpoint for rule in app.url_map.iter_rules() if rule.endpoint != "static"} - set(ours)
+    if missing:
+        raise RuntimeError(f"label-studio-ml routes without a hardened view: {sorted(missing)}")
+    app.view_functions.update(ours)
 
     @app.errorhandler(BadRequest)
     @app.errorhandler(TaskError)
@@ -233,6 +331,14 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fla
     @app.errorhandler(ImageError)
     def bad_image(exc: Exception):
         return _error(422, str(exc))
+
+    @app.errorhandler(Busy)
+    def busy(exc: Exception):
+        return _error(503, str(exc))
+
+    @app.errorhandler(RecursionError)
+    def too_deep(exc: Exception):
+        return _error(400, "the request body is nested too deeply")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -17,6 +17,7 @@ A new click is given to the person whose joint is nearest among the people whose
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -56,9 +57,15 @@ class StoredClick:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ContextError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:   # an integer beyond float range
+        number = math.inf
+    if not math.isfinite(number):
+        raise ContextError(f"{what} must be a finite number, got {str(value)[:40]}")
+    return number
 
 
 def read_group(regions: Any, control: KeypointControl, frame: ImageFrame) -> tuple[set[int], list[SmartPoint]]:
@@ -117,16 +124,17 @@ def smart_points_of_draft(task: dict, control: KeypointControl, frame: ImageFram
 
 
 class TaskClicks:
-    """The clicks of one task, across interactive calls."""
+    """The clicks of one task, across interactive calls (at most `max_clicks` smart points)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_clicks: int = 256) -> None:
+        self.max_clicks = max_clicks
         self.points: "OrderedDict[str, StoredClick]" = OrderedDict()
         self.frame: ImageFrame | None = None   # size of the image the clicks refer to
         self.latest_pct: dict[tuple[int, int], tuple[float, float]] = {}   # (person, joint) -> % as clicked
 
     def seed(self, points: Iterable[SmartPoint]) -> None:
         for p in points:
-            if p.positive and p.id not in self.points:
+            if p.positive and p.id not in self.points and len(self.points) < self.max_clicks:
                 self.points[p.id] = StoredClick(p.id, p.joint, p.x, p.y, p.pct)
 
     def update(self, group_joints: set[int], points: Sequence[SmartPoint]) -> None:
@@ -140,6 +148,9 @@ class TaskClicks:
                 continue
             old = self.points.get(p.id)
             if old is None:
+                if len(self.points) >= self.max_clicks:
+                    raise ContextError(f"the task already has {len(self.points)} smart points, the most "
+                                       "MAX_CLICKS_PER_TASK allows; delete some before adding more")
                 self.points[p.id] = StoredClick(p.id, p.joint, p.x, p.y, p.pct)
             elif (old.x, old.y, old.joint) != (p.x, p.y, p.joint):
                 # Dragged or relabeled: same person; it is now the newest action.
@@ -152,10 +163,11 @@ class TaskClicks:
         for c in self.points.values():
             if c.person is not None and c.person not in rows:
                 c.person = None            # the session was rebuilt with other rows
+        claimed = {(c.person, c.joint) for c in self.points.values() if c.person is not None}
         for c in self.points.values():
-            if c.person is None:
-                claimed = {(o.person, o.joint) for o in self.points.values() if o.person is not None}
+            if c.person is None:   # one pass, `claimed` kept up to date: linear in the clicks
                 c.person = choose_person(c.x, c.y, c.joint, persons, shown_rows, claimed)
+                claimed.add((c.person, c.joint))
         # Two clicks on the same joint of the same person: the newest wins.
         latest: dict[tuple[int, int], StoredClick] = {}
         for c in self.points.values():
@@ -189,10 +201,10 @@ def choose_person(x: float, y: float, joint: int, persons: Sequence[Person], sho
 
 
 class ClickStore:
-    """Per-process LRU of `TaskClicks` by session key. Callers hold the backend's lock."""
+    """Per-process LRU of `TaskClicks` by session key. Callers hold the interactive lane."""
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, max_clicks: int = 256) -> None:
+        self.capacity, self.max_clicks = capacity, max_clicks
         self._tasks: "OrderedDict[str, TaskClicks]" = OrderedDict()
 
     def get(self, key: str) -> TaskClicks | None:
@@ -202,7 +214,7 @@ class ClickStore:
         return tc
 
     def create(self, key: str) -> TaskClicks:
-        tc = self._tasks[key] = TaskClicks()
+        tc = self._tasks[key] = TaskClicks(self.max_clicks)
         self._tasks.move_to_end(key)
         while len(self._tasks) > self.capacity:
             self._tasks.popitem(last=False)

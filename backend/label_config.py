@@ -7,12 +7,17 @@ returned by `/setup`, which Label Studio shows when the backend is connected).
 """
 from __future__ import annotations
 
+import hashlib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
 from label_studio_sdk.label_interface import LabelInterface
+
+
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
 
 class LabelConfigError(ValueError):
@@ -117,6 +122,8 @@ def parse_label_config(config: str, keypoint_names: Sequence[str], default_thres
     """
     if not isinstance(config, str) or not config.strip():
         raise LabelConfigError("the labeling config is empty")
+    # lxml refuses an encoding declaration in an already decoded string; the text is decoded.
+    config = _XML_DECLARATION.sub("", config, count=1)
     try:
         interface = LabelInterface(config)
     except Exception as exc:  # the SDK raises several types for broken XML
@@ -170,7 +177,41 @@ def parse_label_config(config: str, keypoint_names: Sequence[str], default_thres
     raise LabelConfigError("; ".join(errors))
 
 
-@lru_cache(maxsize=64)
+class ConfigCache:
+    """Parsed configs by SHA-256 of the XML: Label Studio sends the same config with every request.
+
+    Keys are digests, so the cache holds `capacity` small `ServedConfig`s, never the (up to
+    MAX_REQUEST_BYTES) config strings themselves; configs that fail are not cached.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._parsed: "OrderedDict[tuple[str, tuple[str, ...], float], ServedConfig]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, config: str, keypoint_names: tuple[str, ...], default_threshold: float) -> ServedConfig:
+        if not isinstance(config, str):
+            raise LabelConfigError("the labeling config must be a string")
+        digest = hashlib.sha256(config.encode("utf-8", "surrogatepass")).hexdigest()
+        key = (digest, tuple(keypoint_names), float(default_threshold))
+        with self._lock:
+            if key in self._parsed:
+                self._parsed.move_to_end(key)
+                return self._parsed[key]
+        served = parse_label_config(config, keypoint_names, default_threshold)
+        with self._lock:
+            self._parsed[key] = served
+            while len(self._parsed) > self.capacity:
+                self._parsed.popitem(last=False)
+        return served
+
+    def __len__(self) -> int:
+        return len(self._parsed)
+
+
+CONFIGS = ConfigCache()
+
+
 def cached_parse(config: str, keypoint_names: tuple[str, ...], default_threshold: float) -> ServedConfig:
-    """`parse_label_config` memoised: Label Studio sends the same config with every request."""
-    return parse_label_config(config, keypoint_names, default_threshold)
+    """`parse_label_config` memoised in `CONFIGS`."""
+    return CONFIGS.get(config, keypoint_names, default_threshold)

@@ -5,7 +5,9 @@ docker compose, gunicorn on a workstation and the tests. the README has the tabl
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -31,14 +33,17 @@ def _int(env: dict[str, str], name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
-def _float(env: dict[str, str], name: str, default: float) -> float:
+def _float(env: dict[str, str], name: str, default: float, minimum: float | None = None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or (minimum is not None and value < minimum):
+        raise SettingsError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    return value
 
 
 def _url(env: dict[str, str], name: str) -> str:
@@ -46,6 +51,9 @@ def _url(env: dict[str, str], name: str) -> str:
     if raw and urlparse(raw).scheme not in ("http", "https"):
         raise SettingsError(f"{name} must start with http:// or https://, got {raw!r}")
     return raw
+
+
+_HOST_ENTRY = re.compile(r"^(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$")
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,15 @@ class Settings:
     max_image_bytes: int = 20 * 1024 * 1024      # MAX_IMAGE_BYTES
     max_image_pixels: int = 40_000_000           # MAX_IMAGE_PIXELS
     fetch_timeout: float = 10.0                  # IMAGE_FETCH_TIMEOUT (seconds, connect and each read)
+    fetch_deadline: float = 30.0                 # IMAGE_FETCH_DEADLINE (seconds, one whole download)
     max_request_bytes: int = 32 * 1024 * 1024    # MAX_REQUEST_BYTES: body cap of every request
-    batch_size: int = 4                          # PREDICT_BATCH_SIZE: images per full-model forward
+    batch_size: int = 4                          # PREDICT_BATCH_SIZE: images fetched and decoded together
+    max_tasks_per_request: int = 64             # MAX_TASKS_PER_REQUEST: pre-annotation tasks admitted per /predict
+    predict_time_budget: float = 45.0            # PREDICT_TIME_BUDGET: seconds one batch /predict may work
+    prefetch_cache_size: int = 8                 # CLICKPOSE_PREFETCH_CACHE_SIZE: pre-annotated sessions kept
+    max_pixels_in_flight: int = 80_000_000       # MAX_PIXELS_IN_FLIGHT: decoded pixels held per lane
+    max_setups: int = 256                        # MAX_SETUPS: projects whose /setup connection is remembered
+    max_clicks_per_task: int = 256               # MAX_CLICKS_PER_TASK: smart points kept per task
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -80,6 +95,9 @@ class Settings:
         if bool(user) != bool(password):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         hosts = tuple(h.strip().lower() for h in env.get("ALLOWED_IMAGE_HOSTS", "").split(",") if h.strip())
+        for host in hosts:
+            if not _HOST_ENTRY.match(host):
+                raise SettingsError(f"ALLOWED_IMAGE_HOSTS entries must be host or host:port, got {host!r}")
         return cls(
             label_studio_url=_url(env, "LABEL_STUDIO_URL"),
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip(),
@@ -95,23 +113,34 @@ class Settings:
             allowed_hosts=hosts,
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
-            fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 10.0),
+            fetch_timeout=_float(env, "IMAGE_FETCH_TIMEOUT", 10.0, minimum=0.1),
+            fetch_deadline=_float(env, "IMAGE_FETCH_DEADLINE", 30.0, minimum=0.1),
             max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 32 * 1024 * 1024, minimum=1024),
             batch_size=_int(env, "PREDICT_BATCH_SIZE", 4, minimum=1),
+            max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 64, minimum=1),
+            predict_time_budget=_float(env, "PREDICT_TIME_BUDGET", 45.0, minimum=1.0),
+            prefetch_cache_size=_int(env, "CLICKPOSE_PREFETCH_CACHE_SIZE", 8, minimum=1),
+            max_pixels_in_flight=_int(env, "MAX_PIXELS_IN_FLIGHT", 80_000_000, minimum=1),
+            max_setups=_int(env, "MAX_SETUPS", 256, minimum=1),
+            max_clicks_per_task=_int(env, "MAX_CLICKS_PER_TASK", 256, minimum=1),
         )
 
     def image_source(self, hostname: str = "", access_token: str = "") -> "ImageSource":
         """The image source of one request; `hostname`/`access_token` are what `/setup` sent.
 
-        LABEL_STUDIO_URL wins over the `/setup` hostname, which comes from the network.
+        LABEL_STUDIO_URL wins over the `/setup` hostname, which comes from the network. The
+        environment's key goes to LABEL_STUDIO_URL only: a `/setup` hostname (anyone who can
+        reach `/setup` can send one) gets the token that same `/setup` sent, never the key.
         """
         from .images import FetchLimits, ImageSource  # lazily: images imports the SDK, settings must stay light
 
+        if self.label_studio_url:
+            url, token = self.label_studio_url, self.label_studio_api_key or access_token
+        else:
+            url, token = hostname.rstrip("/"), access_token
         return ImageSource(
-            label_studio_url=self.label_studio_url or hostname.rstrip("/"),
-            token=self.label_studio_api_key or access_token,
-            allowed_hosts=self.allowed_hosts,
-            limits=FetchLimits(self.max_image_bytes, self.max_image_pixels, self.fetch_timeout),
+            label_studio_url=url, token=token, allowed_hosts=self.allowed_hosts,
+            limits=FetchLimits(self.max_image_bytes, self.max_image_pixels, self.fetch_timeout, self.fetch_deadline),
         )
 
     @property

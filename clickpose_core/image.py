@@ -33,9 +33,7 @@ def load_image(source: ImageSource) -> np.ndarray:
     fp = _open_source(source, what)
     try:
         with Image.open(fp) as img:
-            img.load()  # decode now: truncated or corrupt data fails here, not later
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img, what)
+            return pil_to_rgb(img, what)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -44,6 +42,21 @@ def load_image(source: ImageSource) -> np.ndarray:
         raise ImageError(f"{what}: not a recognised image format") from e
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for truncated/corrupt data
         raise ImageError(f"{what}: corrupt or truncated image ({e})") from e
+
+
+def pil_to_rgb(img: Image.Image, what: str = "image") -> np.ndarray:
+    """An opened PIL image (any mode, maybe not decoded yet) -> RGB uint8 [H, W, 3], EXIF-upright.
+
+    For callers that are handed a PIL image rather than bytes (cvat-sdk passes `PIL.Image.open(...)`).
+    """
+    try:
+        img.load()  # decode now: truncated or corrupt data fails here, not later
+        img = ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what}: image is too large to decode safely ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{what}: corrupt or truncated image ({e})") from e
+    return _to_rgb(img, what)
 
 
 def as_rgb_array(image: np.ndarray, name: str = "image") -> np.ndarray:

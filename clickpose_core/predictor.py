@@ -3,7 +3,10 @@
 `predict` runs the whole network once per image and keeps a Session: the encoder output the
 decoder needs, the top-`num_select` persons (round 0) and the current state. `refine` then runs only
 the pose layers of the decoder (one feedback round) on that cached state, which is what makes
-clicks cheap. Sessions live in a bounded, thread-safe LRU cache.
+clicks cheap. Sessions live in a bounded, thread-safe cache of two LRU tiers: `active` sessions
+(images being refined) and `prefetch` sessions (computed ahead of need, e.g. a batch of
+pre-annotations). Filling the prefetch tier never evicts an active session; refining a prefetched
+session moves it to the active tier.
 """
 from __future__ import annotations
 
@@ -84,15 +87,19 @@ class Session:
 class Predictor:
     """Click-Pose inference for one model: full forward once per image, feedback rounds after.
 
-    device: 'cpu' or 'cuda[:n]'; cache_size: sessions kept (least recently used is dropped);
+    device: 'cpu' or 'cuda[:n]'; cache_size: active sessions kept (least recently used is dropped);
+    prefetch_size: sessions kept from `predict_batch(..., prefetch=True)`, a separate budget (0: none);
     grow_boxes: make every returned box hold its keypoints (the official click-step box rule,
     applied to outputs too) so a box never cuts through its own skeleton.
     """
 
     def __init__(self, model: nn.Module, weights_info: WeightsInfo | None = None,
-                 device: str | torch.device = "cpu", cache_size: int = 32, grow_boxes: bool = True):
+                 device: str | torch.device = "cpu", cache_size: int = 32, grow_boxes: bool = True,
+                 prefetch_size: int = 0):
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
+        if prefetch_size < 0:
+            raise ValueError(f"prefetch_size must be >= 0, got {prefetch_size}")
         self.device = _device(device)
         self.model = model.to(self.device, torch.float32).eval()
         self.config: ClickPoseConfig = model.config
@@ -106,13 +113,16 @@ class Predictor:
             "path": None, "kind": "custom", "sha256": None, "licence": "unknown",
             "model_version": "clickpose-untracked"}
         self.model_version: str = self.weights_info["model_version"]
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.prefetch_size = prefetch_size
+        self._sessions: OrderedDict[str, Session] = OrderedDict()     # active tier, LRU first
+        self._prefetched: OrderedDict[str, Session] = OrderedDict()   # prefetch tier, LRU first
         self._lock = threading.Lock()
 
     @classmethod
     def from_checkpoint(cls, path: str | None = None, device: str | torch.device = "cpu",
-                        cache_size: int = 32, weights_dir: str = "weights", **kwargs: Any) -> "Predictor":
-        """Build from a weights file; None picks `weights.resolve_default(weights_dir)`."""
+                        cache_size: int = 32, weights_dir: str | None = None, **kwargs: Any) -> "Predictor":
+        """Build from a weights file; None picks `weights.resolve_default(weights_dir)` (which, for
+        weights_dir None, looks in the checkout's weights/ folder, not relative to the cwd)."""
         info = resolve_default(weights_dir) if path is None else None
         model, ckpt = build_from_checkpoint(path or info.path, device="cpu")
         licence = ckpt.meta.get("licence")
@@ -128,17 +138,23 @@ class Predictor:
         """Detect the top num_select persons (best first); starts a fresh session for `key`."""
         return self.predict_batch([key], [image])[0]
 
-    def predict_batch(self, keys: Sequence[str], images: Sequence[np.ndarray]) -> list[list[Person]]:
-        """`predict` for many images, `forward_batch_size` images per padded forward pass."""
+    def predict_batch(self, keys: Sequence[str], images: Sequence[np.ndarray],
+                      prefetch: bool = False) -> list[list[Person]]:
+        """`predict` for many images, `forward_batch_size` images per padded forward pass.
+
+        prefetch=True keeps the sessions in the prefetch tier: they never evict active sessions,
+        and a key that already has an active session keeps it (its clicks are not lost).
+        """
         if len(keys) != len(images):
             raise ValueError(f"got {len(keys)} keys for {len(images)} images")
         if len(set(keys)) != len(keys):
             raise ValueError("keys must be distinct within one batch")
         n = self.forward_batch_size
         return [session.persons for a in range(0, len(keys), n)
-                for session in self._start_sessions(keys[a:a + n], images[a:a + n])]
+                for session in self._start_sessions(keys[a:a + n], images[a:a + n], prefetch)]
 
-    def _start_sessions(self, keys: Sequence[str], images: Sequence[np.ndarray]) -> list[Session]:
+    def _start_sessions(self, keys: Sequence[str], images: Sequence[np.ndarray],
+                        prefetch: bool = False) -> list[Session]:
         rgb = [as_rgb_array(img, f"image {key!r}") for key, img in zip(keys, images)]
         batch = preprocess(rgb, self.config, torch.float32, self.device)
         with torch.inference_mode():
@@ -152,7 +168,7 @@ class Predictor:
             own = mem.for_refinement().select(i, copy=len(keys) > 1)
             session = Session(key, batch.sizes[i], own, state, state)
             session.persons = self._persons(session, pinned=False)
-            self._put(session)
+            self._put(session, prefetch)
             sessions.append(session)
         return sessions
 
@@ -168,7 +184,7 @@ class Predictor:
         re-apply earlier clicks: `evaluation.refiners.OfficialLoop` reproduces it exactly). On a cache miss the image
         (array, or callable returning one) is run through `predict` first, else SessionNotFound.
         """
-        session = self._get(key)
+        session = self._get(key, promote=True)
         if session is None:
             if image is None:
                 raise SessionNotFound(key)
@@ -238,30 +254,49 @@ class Predictor:
     def forget(self, key: str) -> None:
         with self._lock:
             self._sessions.pop(key, None)
+            self._prefetched.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:
             self._sessions.clear()
+            self._prefetched.clear()
 
-    def cached_keys(self) -> list[str]:
-        """Keys from least to most recently used."""
+    def cached_keys(self, prefetched: bool = False) -> list[str]:
+        """Keys of the active (or prefetch) tier from least to most recently used."""
         with self._lock:
-            return list(self._sessions)
+            return list(self._prefetched if prefetched else self._sessions)
 
-    def _get(self, key: str) -> Session | None:
+    def _get(self, key: str, promote: bool = False) -> Session | None:
+        """The session of `key` from either tier; promote=True moves a prefetched one to active."""
         with self._lock:
             s = self._sessions.get(key)
             if s is not None:
                 self._sessions.move_to_end(key)
+                return s
+            s = self._prefetched.get(key)
+            if s is not None and promote:
+                del self._prefetched[key]
+                self._insert_active(s)
             return s
 
-    def _put(self, session: Session) -> None:
+    def _put(self, session: Session, prefetch: bool = False) -> None:
         with self._lock:
-            self._sessions[session.key] = session
-            self._sessions.move_to_end(session.key)
-            while len(self._sessions) > self.cache_size:
-                evicted, _ = self._sessions.popitem(last=False)
-                logger.debug("evicted session %r", evicted)
+            if not prefetch:
+                self._prefetched.pop(session.key, None)
+                self._insert_active(session)
+            elif session.key not in self._sessions and self.prefetch_size:
+                self._prefetched[session.key] = session
+                self._prefetched.move_to_end(session.key)
+                while len(self._prefetched) > self.prefetch_size:
+                    evicted, _ = self._prefetched.popitem(last=False)
+                    logger.debug("evicted prefetched session %r", evicted)
+
+    def _insert_active(self, session: Session) -> None:
+        self._sessions[session.key] = session
+        self._sessions.move_to_end(session.key)
+        while len(self._sessions) > self.cache_size:
+            evicted, _ = self._sessions.popitem(last=False)
+            logger.debug("evicted session %r", evicted)
 
 
 def _check_pixel_click(i: int, click: Click, size: tuple[int, int]) -> Click:

@@ -91,21 +91,31 @@ def describe_weights(path: str | os.PathLike, licence: str | None = None) -> Wei
                        f"clickpose-custom-{stem}@{digest[:12]}")
 
 
-def resolve_default(weights_dir: str | os.PathLike = "weights") -> WeightsInfo:
-    """The official interactive R50 file if present in weights_dir, else the bundled demo weights.
+# Default weights live in the checkout's weights/ folder, found from this package's own location,
+# so tools started from any folder (cvat-cli, cron jobs) find them; ./weights is the fallback for an
+# install that copied the package away from its checkout (a wheel in site-packages, the Dockerfile).
+CHECKOUT_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
-    Only resolves; whoever loads the file calls `announce` (Predictor.from_checkpoint does).
+
+def resolve_default(weights_dir: str | os.PathLike | None = None) -> WeightsInfo:
+    """The official interactive R50 file if present, else the bundled demo weights.
+
+    weights_dir None searches CHECKOUT_WEIGHTS_DIR, then ./weights. Only resolves; whoever loads
+    the file calls `announce` (Predictor.from_checkpoint does).
     """
-    folder = os.fspath(weights_dir)
-    for candidate in (OFFICIAL["interactive"].filename, DEMO_FILE):
-        path = os.path.join(folder, candidate)
-        if os.path.isfile(path):
-            return describe_weights(path)
+    folders = [os.fspath(weights_dir)] if weights_dir is not None else list(
+        dict.fromkeys([CHECKOUT_WEIGHTS_DIR, os.path.abspath("weights")]))
+    for folder in folders:
+        for candidate in (OFFICIAL["interactive"].filename, DEMO_FILE):
+            path = os.path.join(folder, candidate)
+            if os.path.isfile(path):
+                return describe_weights(path)
+    where = " or ".join(repr(os.path.abspath(f)) for f in folders)
     raise WeightsNotFound(
-        f"no weights in {os.path.abspath(folder)!r}: expected {OFFICIAL['interactive'].filename} "
+        f"no weights in {where}: expected {OFFICIAL['interactive'].filename} "
         f"(official, {IDEA_LICENCE}) or {DEMO_FILE} (project demo weights). Get the official file "
         f"with `python -c \"from clickpose_core.weights import download_official; "
-        f"download_official('interactive', '{folder}')\"` or from {OFFICIAL['interactive'].page}, "
+        f"download_official('interactive', '{folders[0]}')\"` or from {OFFICIAL['interactive'].page}, "
         "or pass an explicit weights path. See weights/README.md.")
 
 

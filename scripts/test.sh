@@ -3,7 +3,7 @@
 # (including the end-to-end tests with a real Label Studio and the real-browser test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh backend,test,ray   # ray: the `clickpose-ls prelabel --ray` test
+scripts/bootstrap.sh backend,test,cvat,ray   # ray: the `clickpose-ls prelabel --ray` test
 scripts/bootstrap_ls.sh        # Label Studio server for the e2e tests, in its own venv
 scripts/bootstrap_browser.sh   # Debian chromium + playwright for tests/backend/test_browser_workflow.py
 exec .venv/bin/python -m pytest -q "$@"

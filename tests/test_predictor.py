@@ -182,6 +182,22 @@ def test_lru_eviction_and_memory_accounting(model):
         Predictor(model, cache_size=0)
 
 
+def test_prefetch_tier_never_evicts_active_sessions(model):
+    pred = Predictor(model, cache_size=2, prefetch_size=2)
+    pred.predict("a", _image(0))
+    pred.refine("a", [Click(0, 0, 10.0, 10.0)])
+    pred.predict_batch(["p1", "p2", "p3", "a"], [_image(i) for i in (1, 2, 3, 4)], prefetch=True)
+    assert pred.cached_keys() == ["a"] and pred.cached_keys(prefetched=True) == ["p2", "p3"]
+    assert pred.session("a").clicks, "a prefetch of an active key keeps the annotator's session and clicks"
+    pred.refine("p3", [Click(0, 0, 5.0, 5.0)])           # refining a prefetched session makes it active
+    assert pred.cached_keys() == ["a", "p3"] and pred.cached_keys(prefetched=True) == ["p2"]
+    none = Predictor(model, cache_size=1)                 # prefetch_size 0: prefetched sessions are not kept
+    none.predict_batch(["x"], [_image(5)], prefetch=True)
+    assert none.session("x") is None and none.cached_keys(prefetched=True) == []
+    with pytest.raises(ValueError, match="prefetch_size"):
+        Predictor(model, prefetch_size=-1)
+
+
 @pytest.mark.parametrize("forward_batch_size", [1, 2])
 def test_batch_matches_single_images_of_equal_size(model, forward_batch_size):
     pred = Predictor(model)

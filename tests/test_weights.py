@@ -2,6 +2,7 @@
 import hashlib
 import http.server
 import logging
+import os
 import threading
 
 import pytest
@@ -126,3 +127,17 @@ def test_describe_custom(tmp_path):
     assert info.kind == "custom" and info.licence == "CC-BY-4.0"
     assert info.model_version.startswith("clickpose-custom-finetuned@")
     assert info.to_dict()["sha256"] == hashlib.sha256(b"x").hexdigest()
+
+
+def test_default_folder_is_the_checkout_not_the_cwd(tmp_path, monkeypatch):
+    """Tools started elsewhere (cvat-cli, cron) find the checkout's weights/; ./weights is the fallback."""
+    monkeypatch.chdir(tmp_path)
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+    assert W.CHECKOUT_WEIGHTS_DIR == checkout
+    assert os.path.dirname(W.resolve_default().path) == checkout
+    monkeypatch.setattr(W, "CHECKOUT_WEIGHTS_DIR", str(tmp_path / "gone"))
+    with pytest.raises(W.WeightsNotFound, match="no weights in .*gone.* or .*weights"):
+        W.resolve_default()
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / W.DEMO_FILE).write_bytes(b"demo")
+    assert W.resolve_default().path == str(tmp_path / "weights" / W.DEMO_FILE)

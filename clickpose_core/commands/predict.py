@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None,
                         help="weights file; default: official interactive R50 in --weights-dir, "
                              "else the demo weights there")
-    parser.add_argument("--weights-dir", default="weights", help="where default weights live")
+    parser.add_argument("--weights-dir", default=None,
+                        help="where default weights live (default: the checkout's weights/ folder, "
+                             "then ./weights)")
     parser.add_argument("--out", default="predictions", help="output folder (created if missing)")
     parser.add_argument("--score-threshold", type=float, default=0.3,
                         help="keep persons scoring at least this (0..1)")

@@ -48,6 +48,8 @@ class FakeLabelStudio:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str]] = []   # (path, Authorization header)
         self.files: dict[str, bytes] = {}
+        self.drips_open = 0                          # /drip responses still being sent
+        self.drip_started = threading.Event()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -58,6 +60,34 @@ class FakeLabelStudio:
                 owner.requests.append((self.path, self.headers.get("Authorization", "")))
                 if self.path.startswith("/slow"):
                     time.sleep(3)
+                if self.path.startswith("/drip"):
+                    # One byte every 0.25 s for 10 s: no single read ever times out.
+                    owner.drips_open += 1
+                    owner.drip_started.set()
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Length", "40")
+                        self.end_headers()
+                        for _ in range(40):
+                            self.wfile.write(b"\0")
+                            self.wfile.flush()
+                            time.sleep(0.25)
+                    finally:
+                        owner.drips_open -= 1
+                    return
+                if self.path.startswith("/stall-body"):
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b"\0" * 10)
+                    self.wfile.flush()
+                    time.sleep(3)
+                    return
+                if self.path.startswith("/redirect-to/"):
+                    self.send_response(302)
+                    self.send_header("Location", self.path[len("/redirect-to/"):].replace("%5C", "\\"))
+                    self.end_headers()
+                    return
                 if self.path.startswith("/redirect-out"):
                     self.send_response(302)
                     self.send_header("Location", "http://10.255.255.1/secret")
