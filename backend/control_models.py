@@ -119,6 +119,14 @@ class PersonRegions:
         score = float(np.mean([p.score for p in persons])) if persons else 0.0
         return {"result": result, "score": score, "model_version": model_version}
 
+    def pre_annotation(self, persons: Sequence[Person], frame: ImageFrame, model_version: str) -> dict[str, Any]:
+        """The prediction of a full-model run: the persons scoring at least the config's threshold.
+
+        One rule for the serving backend and the batch tool, so both send the same regions.
+        """
+        threshold = self.keypoints.control.score_threshold
+        return self.prediction([p for p in persons if p.score >= threshold], frame, model_version)
+
 
 def percent_to_pixels(value: dict, frame: ImageFrame) -> tuple[float, float]:
     """A region's percent (x, y) -> pixels of the image the backend decoded."""

@@ -223,8 +223,7 @@ class ClickPoseBackend(LabelStudioMLBase):
                 del images
             engine.admission.observe(time.monotonic() - t0, len(ok))
             for i, frame, persons in zip(ok, frames, batch):
-                shown = [p for p in persons if p.score >= served.keypoints.score_threshold]
-                results[i] = regions.prediction(shown, frame, predictor.model_version)
+                results[i] = regions.pre_annotation(persons, frame, predictor.model_version)
         if done == len(refs) and not any("result" in r for r in results if r):
             raise ImageError("; ".join(errors) or "no task could be processed")
         if done < len(refs):

@@ -98,12 +98,10 @@ class TaskPredictor:
         finally:
             for key in keys:
                 self.predictor.forget(key)   # no refinement follows: free the encoder state now
-        threshold = self.served.keypoints.score_threshold
         out = []
         for ref, image, persons in zip(refs, images, batch):
             frame = ImageFrame(width=image.shape[1], height=image.shape[0])
-            shown = [p for p in persons if p.score >= threshold]
-            out.append(TaskResult(int(ref.id), self.regions.prediction(shown, frame, self.model_version)))
+            out.append(TaskResult(int(ref.id), self.regions.pre_annotation(persons, frame, self.model_version)))
         return out
 
 
