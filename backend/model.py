@@ -45,7 +45,8 @@ def get_predictor(settings: Settings):
 
             logger.info("loading Click-Pose weights from %s on %s", settings.weights or "<default>", settings.device)
             _STATE["predictor"] = Predictor.from_checkpoint(settings.weights, device=settings.device,
-                                                            cache_size=settings.cache_size)
+                                                            cache_size=settings.cache_size,
+                                                            precision=settings.precision)
             _STATE["weights"] = (settings.weights, settings.device)
             _STATE["clicks"] = ClickStore(capacity=4 * settings.cache_size)
         return _STATE["predictor"]

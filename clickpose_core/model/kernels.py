@@ -1,0 +1,152 @@
+"""Which kernels run the dense layers, decided once per machine when a model is loaded for inference.
+
+On an x86 CPU, torch's `nn.Linear` goes to MKL's sgemm, which on AMD EPYC reaches about half the
+rate of oneDNN's GEMM on the same cores (measured for every layer shape of the R50 model, 2 threads:
+0.43-0.5x the time), and the ResNet trunk runs ~1.4x faster in channels-last. `Kernels.select`
+turns both on where oneDNN is available; `Kernels()` is torch's default path, kept so that
+`clickpose bench` measures against it in one process.
+
+bfloat16 is used only where the hardware computes it natively (CPU flags `avx512_bf16` or
+`amx_bf16`, or CUDA); elsewhere it would be emulated and slower, so `select` says so and stays
+float32. In bfloat16 the trunk and the GEMMs of the transformer layers run in bf16, while the
+residual stream, the layer norms, the sampling locations (`sampling_offsets`, `ref_point_head`),
+the box/keypoint/class heads and the sigmoid reference chain stay float32, so a pinned joint
+stays exact and boxes/keypoints are regressed at full precision.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Linear layers that stay float32 in bfloat16 mode: sampling locations and prediction heads.
+FLOAT32_LINEARS = ("sampling_offsets", "ref_point_head", "bbox_embed", "pose_embed", "pose_hw_embed",
+                   "class_embed", "enc_out_bbox_embed", "enc_out_class_embed")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """linear: 'aten' (torch's nn.Linear) or 'onednn' (prepacked oneDNN GEMM, CPU);
+    channels_last: run the ResNet trunk in channels-last memory format;
+    precision: 'float32' or 'bfloat16' (see the module docstring for what stays float32)."""
+    linear: Literal["aten", "onednn"] = "aten"
+    channels_last: bool = False
+    precision: Precision = "float32"
+
+    @classmethod
+    def select(cls, device: torch.device, precision: str = "float32",
+               cpu_flags: frozenset[str] | None = None) -> "Kernels":
+        """The fastest kernels for `device`. cpu_flags: the CPU's feature flags (default: read
+        from /proc/cpuinfo); bfloat16 falls back to float32, with a warning, without native bf16."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        if precision == "bfloat16" and not bf16_is_native(device, cpu_flags):
+            logger.warning("precision 'bfloat16' requested, but this %s has no native bfloat16 arithmetic "
+                           "(CPU flags avx512_bf16 / amx_bf16, or a CUDA device); running in float32",
+                           "CPU" if device.type == "cpu" else device.type)
+            precision = "float32"
+        if device.type == "cpu" and torch.backends.mkldnn.is_available():
+            return cls("onednn", True, precision)
+        return cls("aten", False, precision)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Rebuild `model`'s layers for these kernels, in place (inference only: packed weights
+        are not trainable). Call after the model is on its device and in float32."""
+        if self.channels_last:
+            model.backbone.to(memory_format=torch.channels_last)
+            model.input_proj.to(memory_format=torch.channels_last)
+        if self.precision == "bfloat16":
+            body = model.backbone[0]
+            body.body = LowPrecision(body.body.to(torch.bfloat16), torch.bfloat16)
+        for path, parent in list(model.named_modules()):
+            for name, child in parent.named_children():
+                if type(child) is nn.Linear:
+                    setattr(parent, name, self._linear(child, self._dtype_of(f"{path}.{name}")))
+        return model
+
+    def _dtype_of(self, path: str) -> torch.dtype:
+        """bfloat16 for the GEMMs inside encoder and decoder layers, bar FLOAT32_LINEARS."""
+        parts = path.split(".")
+        in_layer = parts[:3] in (["transformer", "encoder", "layers"], ["transformer", "decoder", "layers"])
+        keep = any(part in FLOAT32_LINEARS for part in parts)
+        return torch.bfloat16 if self.precision == "bfloat16" and in_layer and not keep else torch.float32
+
+    def _linear(self, linear: nn.Linear, dtype: torch.dtype) -> nn.Module:
+        if self.linear == "onednn":
+            return OneDNNLinear(linear, dtype)
+        return linear if dtype == torch.float32 else CastLinear(linear, dtype)
+
+
+class OneDNNLinear(nn.Module):
+    """An inference-only nn.Linear whose weight is prepacked once for oneDNN's GEMM.
+
+    Computes in `dtype` (float32 or bfloat16); the input is cast to it, the output is in it."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        weight = linear.weight.detach().to(dtype)
+        # An opaque oneDNN tensor: a plain attribute, not a buffer (it has no strides to save or move).
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in_features] -> [..., out_features] in self.dtype."""
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}"
+
+
+class CastLinear(nn.Module):
+    """nn.Linear computed in a lower precision (`F.linear` on cast weights): bf16 where oneDNN is absent."""
+
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.weight = linear.weight.detach().to(dtype)
+        self.bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x.to(self.dtype), self.weight, self.bias)
+
+
+class LowPrecision(nn.Module):
+    """Runs `module` (already converted to `dtype`) on an input cast to `dtype`; its list of
+    feature maps comes back in float32."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.module, self.dtype = module, dtype
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [f.float() for f in self.module(x.to(self.dtype))]
+
+
+def bf16_is_native(device: torch.device, cpu_flags: frozenset[str] | None = None) -> bool:
+    """True on CUDA, or on a CPU whose flags include avx512_bf16 or amx_bf16."""
+    if device.type == "cuda":
+        return True
+    flags = read_cpu_flags() if cpu_flags is None else cpu_flags
+    return bool(NATIVE_BF16_FLAGS & flags)
+
+
+def read_cpu_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The feature flags of the first CPU listed in `path` (empty where it cannot be read)."""
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
