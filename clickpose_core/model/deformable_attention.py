@@ -34,6 +34,14 @@ class LevelLayout:
         for h, w in padded[:-1]:
             self.padded_starts.append(self.padded_starts[-1] + h * w)
         self.num_padded_tokens = sum(h * w for h, w in padded)
+        self._geometry: dict[tuple, _PaddedGeometry] = {}    # per sampling shape: the same for every layer
+
+    def geometry(self, like: Tensor, m: int, s: int) -> "_PaddedGeometry":
+        """The sampler's constants for locations shaped like `like` [N,Q,M,L,P,2], computed once."""
+        key = (like.shape[0], *like.shape[2:], like.dtype, like.device, s)
+        if key not in self._geometry:
+            self._geometry[key] = _PaddedGeometry(self, like, m, s)
+        return self._geometry[key]
 
     def pad(self, values: Tensor) -> Tensor:
         """[N,M,S,D] -> [N,M,S_padded,D] with the zero border around each level (one copy)."""
@@ -69,7 +77,7 @@ def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, we
     """
     n, m, s, d = values.shape
     q = locations.shape[1]
-    geom = _PaddedGeometry(layout, locations, m, s)
+    geom = layout.geometry(locations, m, s)
     table = values.reshape(n * m * s, d)
     chunk = max(1, _CHUNK_ELEMENTS // (n * geom.samples))
     parts = []
