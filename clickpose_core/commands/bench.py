@@ -4,7 +4,9 @@ For one input of the given size and each thread count, every path runs the full 
 (encode + decode) and one feedback round (the official 20 rows, and one clicked person), the
 paths interleaved run by run so that a busy machine slows them alike; medians are printed with
 their ratios to today's path. "today" is the code before the kernel work: torch's `nn.Linear`
-(MKL sgemm), an NCHW trunk and the previous sampler (`previous_sampler`). One more forward per
+(MKL sgemm), an NCHW trunk, glibc's default allocator policy and the previous sampler
+(`previous_sampler`); the rest of the network code is today's too, so rounds, which gained
+mostly from the decoder's grouped self-attention, are compared against main's code in the README. One more forward per
 path, timed by hooks, says where the time goes. With the parity fixture present, the largest
 keypoint deviation of bfloat16 from float32 is printed in pixels of the parity input.
 """
@@ -138,6 +140,7 @@ def _measure(paths: list[CodePath], images: torch.Tensor, masks: torch.Tensor, c
     """Interleaved timings of every path; returns {path: {measure: median seconds, ...}}."""
     state = {}
     for p in paths:                                         # warm-up, and each path's own inputs for a round
+        p.kernels.activate()
         mem = p.model.encode(images, masks)
         out = p.model.decode(mem)
         top = out["pred_logits"][0].max(-1)[0].topk(cfg.num_select)[1]
@@ -147,9 +150,11 @@ def _measure(paths: list[CodePath], images: torch.Tensor, masks: torch.Tensor, c
         p.times = {"full": [], "round_20": [], "round_1": []}
     for _ in range(runs):
         for p in paths:
+            p.kernels.activate()
             p.times["full"].append(_time(lambda: p.model.decode(p.model.encode(images, masks))))
     for _ in range(4 * runs):
         for p in paths:
+            p.kernels.activate()
             mem, boxes, kpts = state[p.name]
             cached = mem if p.official_round else mem.for_refinement()
             round_ = _official_round if p.official_round else (lambda m, *a: m.refine(*a))
@@ -157,6 +162,7 @@ def _measure(paths: list[CodePath], images: torch.Tensor, masks: torch.Tensor, c
             p.times["round_1"].append(_time(lambda: round_(p.model, cached, boxes[:, :1], kpts[:, :1])))
     result = {}
     for p in paths:
+        p.kernels.activate()
         mem = state[p.name][0]
         result[p.name] = {k: statistics.median(v) for k, v in p.times.items()}
         result[p.name]["cache_mib"] = mem.for_refinement().nbytes() / 2**20

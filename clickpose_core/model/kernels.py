@@ -2,7 +2,8 @@
 
 On an x86 CPU, torch's `nn.Linear` goes to MKL's sgemm, which on AMD EPYC reaches about half the
 rate of oneDNN's GEMM on the same cores (measured for every layer shape of the R50 model, 2 threads:
-0.43-0.5x the time), and the ResNet trunk runs ~1.4x faster in channels-last. `Kernels.select`
+0.43-0.5x the time), and the ResNet trunk runs ~1.4x faster in channels-last, with its frozen
+batch norms folded into the convolutions. `Kernels.select`
 turns both on where oneDNN is available; `Kernels()` is torch's default path, kept so that
 `clickpose bench` measures against it in one process.
 
@@ -15,6 +16,7 @@ stays exact and boxes/keypoints are regressed at full precision.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .backbone import FrozenBatchNorm2d
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +42,12 @@ FLOAT32_LINEARS = ("sampling_offsets", "ref_point_head", "bbox_embed", "pose_emb
 class Kernels:
     """linear: 'aten' (torch's nn.Linear) or 'onednn' (prepacked oneDNN GEMM, CPU);
     channels_last: run the ResNet trunk in channels-last memory format;
-    precision: 'float32' or 'bfloat16' (see the module docstring for what stays float32)."""
+    precision: 'float32' or 'bfloat16' (see the module docstring for what stays float32);
+    keep_heap: large tensors come from glibc's heap and stay there when freed (`activate`)."""
     linear: Literal["aten", "onednn"] = "aten"
     channels_last: bool = False
     precision: Precision = "float32"
+    keep_heap: bool = False
 
     @classmethod
     def select(cls, device: torch.device, precision: str = "float32",
@@ -55,14 +61,18 @@ class Kernels:
                            "(CPU flags avx512_bf16 / amx_bf16, or a CUDA device); running in float32",
                            "CPU" if device.type == "cpu" else device.type)
             precision = "float32"
+        keep_heap = device.type == "cpu" and _glibc() is not None
         if device.type == "cpu" and torch.backends.mkldnn.is_available():
-            return cls("onednn", True, precision)
-        return cls("aten", False, precision)
+            return cls("onednn", True, precision, keep_heap)
+        return cls("aten", False, precision, keep_heap)
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Rebuild `model`'s layers for these kernels, in place (inference only: packed weights
-        are not trainable). Call after the model is on its device and in float32."""
+        are not trainable). Call after the model is on its device and in float32. Also
+        `activate`s the process-wide part of these kernels."""
+        self.activate()
         if self.channels_last:
+            fold_frozen_batch_norm(model.backbone)
             model.backbone.to(memory_format=torch.channels_last)
             model.input_proj.to(memory_format=torch.channels_last)
         if self.precision == "bfloat16":
@@ -73,6 +83,22 @@ class Kernels:
                 if type(child) is nn.Linear:
                     setattr(parent, name, self._linear(child, self._dtype_of(f"{path}.{name}")))
         return model
+
+    def activate(self) -> None:
+        """Set the process-wide allocator policy of `keep_heap` (glibc only; a no-op elsewhere).
+
+        One forward at 800x1216 allocates ~2 GB of short-lived tensors of 10-165 MB. By default
+        glibc maps each from the kernel and unmaps it when freed, so every one is paid again in
+        page faults: a fresh 165 MB tensor costs 5x a reused one to fill, about 10 % of the whole
+        forward (measured). With keep_heap they come from the heap and are reused; the resident
+        size stays at the peak of one forward. Threads other than the main one keep their own
+        arenas, where glibc still maps blocks this large."""
+        libc = _glibc()
+        if libc is None:
+            return
+        if self.keep_heap:
+            libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)       # never hand the heap's top back
+        libc.mallopt(_M_MMAP_MAX, 0 if self.keep_heap else _DEFAULT_MMAP_MAX)
 
     def _dtype_of(self, path: str) -> torch.dtype:
         """bfloat16 for the GEMMs inside encoder and decoder layers, bar FLOAT32_LINEARS."""
@@ -85,6 +111,32 @@ class Kernels:
         if self.linear == "onednn":
             return OneDNNLinear(linear, dtype)
         return linear if dtype == torch.float32 else CastLinear(linear, dtype)
+
+
+def fold_frozen_batch_norm(module: nn.Module) -> None:
+    """Merge every convolution -> FrozenBatchNorm2d pair of the ResNet into one convolution with a
+    bias (the norm becomes an Identity): one pass less over each feature map, same arithmetic up to
+    rounding. Pairs are named (convN, bnN), or (0, 1) in a downsample Sequential."""
+    for parent in list(module.modules()):
+        children = dict(parent.named_children())
+        for name, bn in children.items():
+            if isinstance(bn, FrozenBatchNorm2d):
+                conv_name = "conv" + name[2:] if name.startswith("bn") else str(int(name) - 1)
+                setattr(parent, conv_name, _folded(children[conv_name], bn))
+                setattr(parent, name, nn.Identity())
+
+
+def _folded(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight.double() * (bn.running_var.double() + 1e-5).rsqrt()
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias.double() * scale
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(conv.weight.double() * scale[:, None, None, None])
+        out.bias.copy_(shift)
+    return out
 
 
 class OneDNNLinear(nn.Module):
@@ -131,6 +183,19 @@ class LowPrecision(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [f.float() for f in self.module(x.to(self.dtype))]
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4                    # mallopt parameters (malloc.h)
+_DEFAULT_MMAP_MAX, _KEEP_BYTES = 65536, (1 << 31) - 1   # mallopt takes a C int
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (which has mallopt), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
 def bf16_is_native(device: torch.device, cpu_flags: frozenset[str] | None = None) -> bool:
