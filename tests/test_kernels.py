@@ -183,3 +183,20 @@ def test_bench_prints_every_path_and_stage(tmp_path, capsys):
     figures = json.loads((tmp_path / "b.json").read_text())["threads"]["1"]
     assert set(figures) == {"today", "float32"}
     assert all(figures[p]["full"] > 0 and figures[p]["round_20"] > 0 for p in figures)
+
+
+@needs_onednn
+@pytest.mark.parametrize("mask", ["none", "shared", "per_head"])
+def test_onednn_self_attention_equals_nn_multihead_attention(mask):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    x, v = torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    blocked = {"none": None, "shared": torch.rand(9, 9) > 0.7,
+               "per_head": torch.rand(2 * 4, 9, 9) > 0.7}[mask]
+    if blocked is not None:
+        blocked[..., torch.arange(9), torch.arange(9)] = False          # every query sees itself
+    from clickpose_core.model.kernels import OneDNNSelfAttention
+    with torch.no_grad():
+        expected = mha(x, x, v, attn_mask=blocked, need_weights=False)[0]
+        got, _ = OneDNNSelfAttention(mha)(x, x, v, attn_mask=blocked)
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -164,16 +164,19 @@ def _measure(paths: list[CodePath], images: torch.Tensor, masks: torch.Tensor, c
     for p in paths:
         p.kernels.activate()
         mem = state[p.name][0]
-        result[p.name] = {k: statistics.median(v) for k, v in p.times.items()}
+        result[p.name] = {k: statistics.median(w for w, _ in v) for k, v in p.times.items()}
+        result[p.name].update({f"{k}_cpu": statistics.median(c for _, c in v) for k, v in p.times.items()})
         result[p.name]["cache_mib"] = mem.for_refinement().nbytes() / 2**20
         result[p.name]["stages"] = _stages(p.model, images, masks)
     return result
 
 
-def _time(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
+def _time(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall, process CPU) seconds of one call. On a shared machine the CPU time, summed over this
+    process's threads, is the steadier of the two (others' jobs stretch the wall clock)."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def _official_round(model: ClickPose, mem, boxes, kpts):
@@ -185,8 +188,13 @@ def _official_round(model: ClickPose, mem, boxes, kpts):
 
 
 # ---- where the time goes ----------------------------------------------------------------------
-def _stages(model: ClickPose, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
-    """Seconds per stage of one full forward, from module hooks (one extra, untimed-elsewhere run)."""
+def _stages(model: ClickPose, images: torch.Tensor, masks: torch.Tensor, runs: int = 3) -> dict[str, float]:
+    """Median seconds per stage over `runs` extra full forwards, from module hooks."""
+    samples = [_stage_once(model, images, masks) for _ in range(runs)]
+    return {stage: statistics.median(s[stage] for s in samples) for stage in STAGES}
+
+
+def _stage_once(model: ClickPose, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float]:
     encoder = model.transformer.encoder
     with _timed(model.backbone, *model.input_proj) as backbone, _timed(encoder) as enc, \
             _timed(*_linears(encoder)) as gemms, _timed_samplers(encoder) as sampler:
@@ -310,8 +318,9 @@ def _report(threads: int, f: dict[str, dict[str, Any]], names: list[str]) -> Non
     print(f"\n{threads} thread(s)" + "".join(f"  {n:>18}" for n in names))
     for key, label in (("full", "full forward"), ("round_20", "round, 20 persons"), ("round_1", "round, 1 person")):
         print(f"  {label:<18}" + "".join(f"  {col(n, key)}" for n in names))
+        print(f"  {'  CPU time':<18}" + "".join(f"  {col(n, key + '_cpu')}" for n in names))
     print(f"  {'cached per image':<18}" + "".join(f"  {f[n]['cache_mib']:15.1f} MiB" for n in names))
-    print("  where the time of one full forward goes (module hooks):")
+    print("  where the time of one full forward goes (module hooks, wall, median of 3):")
     for stage in STAGES:
         print(f"    {stage:<22}" + "".join(f"  {ms(f[n]['stages'][stage]):>18}" for n in names))
     print(f"  (speed-up columns: {first}'s time / the path's time)")

@@ -2,8 +2,8 @@
 
 On an x86 CPU, torch's `nn.Linear` goes to MKL's sgemm, which on AMD EPYC reaches about half the
 rate of oneDNN's GEMM on the same cores (measured for every layer shape of the R50 model, 2 threads:
-0.43-0.5x the time), and the ResNet trunk runs ~1.4x faster in channels-last, with its frozen
-batch norms folded into the convolutions. `Kernels.select`
+0.43-0.5x the time). The ResNet trunk runs in channels-last with its frozen batch norms folded
+into the convolutions and each block's ReLUs and residual sum fused into them. `Kernels.select`
 turns both on where oneDNN is available; `Kernels()` is torch's default path, kept so that
 `clickpose bench` measures against it in one process.
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import FrozenBatchNorm2d
+from .backbone import Bottleneck, FrozenBatchNorm2d
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ FLOAT32_LINEARS = ("sampling_offsets", "ref_point_head", "bbox_embed", "pose_emb
 
 @dataclass(frozen=True)
 class Kernels:
-    """linear: 'aten' (torch's nn.Linear) or 'onednn' (prepacked oneDNN GEMM, CPU);
+    """linear: 'aten' (torch's nn.Linear) or 'onednn' (prepacked oneDNN GEMMs, and the trunk's
+    blocks as fused oneDNN convolutions: `FusedBottleneck`; CPU);
     channels_last: run the ResNet trunk in channels-last memory format;
     precision: 'float32' or 'bfloat16' (see the module docstring for what stays float32);
     keep_heap: large tensors come from glibc's heap and stay there when freed (`activate`)."""
@@ -71,8 +72,10 @@ class Kernels:
         are not trainable). Call after the model is on its device and in float32. Also
         `activate`s the process-wide part of these kernels."""
         self.activate()
-        if self.channels_last:
+        if self.linear == "onednn":
             fold_frozen_batch_norm(model.backbone)
+            _replace(model.backbone, Bottleneck, FusedBottleneck)
+        if self.channels_last:
             model.backbone.to(memory_format=torch.channels_last)
             model.input_proj.to(memory_format=torch.channels_last)
         if self.precision == "bfloat16":
@@ -82,6 +85,8 @@ class Kernels:
             for name, child in parent.named_children():
                 if type(child) is nn.Linear:
                     setattr(parent, name, self._linear(child, self._dtype_of(f"{path}.{name}")))
+                elif type(child) is nn.MultiheadAttention and self.linear == "onednn":
+                    setattr(parent, name, OneDNNSelfAttention(child, self._dtype_of(f"{path}.{name}")))
         return model
 
     def activate(self) -> None:
@@ -139,6 +144,39 @@ def _folded(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     return out
 
 
+class FusedBottleneck(nn.Module):
+    """A ResNet Bottleneck whose batch norms are folded (`fold_frozen_batch_norm`), run as three
+    oneDNN convolutions with the ReLUs and the residual sum fused into them: no separate pass
+    over any feature map (a layer1 block at 800x1216: 0.6x the time, one thread)."""
+
+    def __init__(self, block: Bottleneck):
+        super().__init__()
+        if not all(isinstance(getattr(block, f"bn{i}"), nn.Identity) for i in (1, 2, 3)):
+            raise ValueError("FusedBottleneck needs a block whose batch norms are folded into its convolutions")
+        self.conv1, self.conv2, self.conv3, self.downsample = block.conv1, block.conv2, block.conv3, block.downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [B,C,H,W] channels-last -> [B,4*width,H/stride,W/stride]."""
+        identity = x if self.downsample is None else self.downsample(x)
+        out = _onednn_conv(self.conv2, _onednn_conv(self.conv1, x))
+        c = self.conv3
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            out, identity, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "add", None, "relu", [], "")
+
+
+def _onednn_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """relu(conv(x)) as one oneDNN primitive."""
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, conv.padding, conv.stride,
+                                                   conv.dilation, conv.groups, "relu", [], "")
+
+
+def _replace(module: nn.Module, kind: type, new: type) -> None:
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if type(child) is kind:
+                setattr(parent, name, new(child))
+
+
 class OneDNNLinear(nn.Module):
     """An inference-only nn.Linear whose weight is prepacked once for oneDNN's GEMM.
 
@@ -158,6 +196,45 @@ class OneDNNLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}"
+
+
+class OneDNNSelfAttention(nn.Module):
+    """The decoder's batch-first nn.MultiheadAttention (no dropout, query = key) with its input and
+    output projections as prepacked oneDNN GEMMs and one fused attention kernel between them."""
+
+    def __init__(self, mha: nn.MultiheadAttention, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not (mha.batch_first and mha._qkv_same_embed_dim and mha.bias_k is None and mha.in_proj_bias is not None
+                and not mha.add_zero_attn):
+            raise ValueError("OneDNNSelfAttention supports batch-first attention with packed q/k/v projections")
+        d = mha.embed_dim
+        self.num_heads = mha.num_heads
+        self.qk = OneDNNLinear(_as_linear(mha.in_proj_weight[:2 * d], mha.in_proj_bias[:2 * d]), dtype)
+        self.v = OneDNNLinear(_as_linear(mha.in_proj_weight[2 * d:], mha.in_proj_bias[2 * d:]), dtype)
+        self.out = OneDNNLinear(mha.out_proj, dtype)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
+                need_weights: bool = False) -> tuple[Tensor, None]:
+        """query = key, value [B,Q,C]; attn_mask [Q,Q] or [B*heads,Q,Q] bool, True = blocked ->
+        ([B,Q,C], None), like nn.MultiheadAttention with need_weights=False."""
+        if key is not query or need_weights:
+            raise ValueError("OneDNNSelfAttention computes self-attention (key is query) without weights")
+        b, t, c = query.shape
+        heads = lambda x: x.view(b, t, self.num_heads, -1).transpose(1, 2)
+        q, k = self.qk(query).chunk(2, -1)
+        allowed = None
+        if attn_mask is not None:      # SDPA's boolean masks say where attention is allowed
+            allowed = ~(attn_mask if attn_mask.dim() == 2 else attn_mask.view(b, self.num_heads, t, t))
+        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(self.v(value)), attn_mask=allowed)
+        return self.out(out.transpose(1, 2).reshape(b, t, c)), None
+
+
+def _as_linear(weight: Tensor, bias: Tensor) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return linear
 
 
 class CastLinear(nn.Module):
