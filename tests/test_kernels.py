@@ -45,6 +45,9 @@ def test_bfloat16_falls_back_to_float32_with_a_message_where_it_is_not_native(ca
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
         Kernels.select(CPU, "float16")
+    from clickpose_core.commands import PRECISION_CHOICES
+    from clickpose_core.model.kernels import PRECISIONS
+    assert PRECISION_CHOICES == PRECISIONS          # the CLI's copy (it avoids importing torch)
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):

@@ -3,9 +3,11 @@
 On an x86 CPU, torch's `nn.Linear` goes to MKL's sgemm, which on AMD EPYC reaches about half the
 rate of oneDNN's GEMM on the same cores (measured for every layer shape of the R50 model, 2 threads:
 0.43-0.5x the time). The ResNet trunk runs in channels-last with its frozen batch norms folded
-into the convolutions and each block's ReLUs and residual sum fused into them. `Kernels.select`
-turns both on where oneDNN is available; `Kernels()` is torch's default path, kept so that
-`clickpose bench` measures against it in one process.
+into the convolutions and each block's ReLUs and residual sum fused into them; the decoder's
+self-attention gets oneDNN projections; glibc keeps large freed blocks for reuse. `Kernels.select`
+turns all of it on where oneDNN is available; `Kernels()` is torch's default path, kept so that
+`clickpose bench` measures against it in one process. For tiny inputs (the test presets) the
+fixed costs of these kernels outweigh their gain; they pay from the R50 at real image sizes on.
 
 bfloat16 is used only where the hardware computes it natively (CPU flags `avx512_bf16` or
 `amx_bf16`, or CUDA); elsewhere it would be emulated and slower, so `select` says so and stays
