@@ -203,3 +203,16 @@ def test_onednn_self_attention_equals_nn_multihead_attention(mask):
         expected = mha(x, x, v, attn_mask=blocked, need_weights=False)[0]
         got, _ = OneDNNSelfAttention(mha)(x, x, v, attn_mask=blocked)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_sampler_keeps_exact_cells_for_low_precision_locations():
+    """bf16 holds 8 bits of mantissa: indices formed from bf16 locations would land on wrong cells
+    of any map wider than 256; the sampler forms them in float32."""
+    from clickpose_core.model.deformable_attention import LevelLayout, deformable_sample, deformable_sample_reference
+    g = torch.Generator().manual_seed(0)
+    layout = LevelLayout(torch.tensor([[3, 700]]))
+    table = layout.pad(torch.randn(1, 1, layout.num_tokens, 4, generator=g))
+    loc = torch.rand(1, 50, 1, 1, 2, 2, generator=g).bfloat16()
+    weights = torch.rand(1, 50, 1, 1, 2, generator=g).bfloat16()
+    expected = deformable_sample_reference(table, layout, loc.float(), weights.float())
+    assert torch.allclose(deformable_sample(table, layout, loc, weights), expected, atol=1e-5)

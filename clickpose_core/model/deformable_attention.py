@@ -77,6 +77,8 @@ def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, we
     """
     n, m, s, d = values.shape
     q = locations.shape[1]
+    if locations.dtype.itemsize < 4:    # bf16/fp16 cannot hold the cell indices of a real feature map
+        locations, weights = locations.float(), weights.float()
     geom = layout.geometry(locations, m, s)
     table = values.reshape(n * m * s, d)
     chunk = max(1, _CHUNK_ELEMENTS // (n * geom.samples))
