@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from clickpose_core.commands import add_precision_argument
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL", ""),
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint (default: $CLICKPOSE_WEIGHTS, else the default weights in weights/)")
     p.add_argument("--device", default=os.environ.get("CLICKPOSE_DEVICE", "cpu") or "cpu",
                    help="cpu or cuda[:n] (default: $CLICKPOSE_DEVICE or cpu)")
+    add_precision_argument(p)
     p.add_argument("--chunk", type=_positive, default=200, help="predictions per bulk import (default 200)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="run the model on Ray: alone, a local Ray; with ADDRESS, join that cluster")
@@ -93,7 +96,7 @@ def _prelabel(args: argparse.Namespace) -> int:
         raise ValueError("--actors needs --ray")
     config = PrelabelConfig(url=args.url.rstrip("/"), api_key=args.api_key, project=args.project,
                             settings=Settings.from_env(), weights=args.weights, device=args.device,
-                            model_version=args.model_version, chunk=args.chunk, selection=selection,
+                            precision=args.precision, model_version=args.model_version, chunk=args.chunk, selection=selection,
                             ray=args.ray, actors=args.actors, report_path=args.report,
                             progress=not args.no_progress)
     report = run(config)

@@ -60,7 +60,8 @@ class Engine:
     @staticmethod
     def key(settings: Settings) -> tuple:
         """The settings an engine is built from; others (e.g. the score threshold) apply per request."""
-        return (settings.weights, settings.device, settings.cache_size, settings.prefetch_cache_size,
+        return (settings.weights, settings.device, settings.precision, settings.cache_size,
+                settings.prefetch_cache_size,
                 settings.max_clicks_per_task, settings.max_pixels_in_flight, settings.predict_time_budget,
                 settings.max_tasks_per_request)
 
@@ -71,7 +72,8 @@ class Engine:
         logger.info("loading Click-Pose weights from %s on %s", settings.weights or "<default>", settings.device)
         predictor = Predictor.from_checkpoint(settings.weights, device=settings.device,
                                               cache_size=settings.cache_size,
-                                              prefetch_size=settings.prefetch_cache_size)
+                                              prefetch_size=settings.prefetch_cache_size,
+                                              precision=settings.precision)
         return cls(predictor, cls.key(settings),
                    ClickStore(capacity=4 * settings.cache_size, max_clicks=settings.max_clicks_per_task),
                    interactive_pixels=PixelBudget(settings.max_pixels_in_flight),

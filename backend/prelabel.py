@@ -296,6 +296,7 @@ class PrelabelConfig:
     settings: Settings
     weights: str | None = None
     device: str = "cpu"
+    precision: str = "float32"       # "bfloat16" where the hardware has it natively (clickpose_core.model.kernels)
     model_version: str | None = None
     chunk: int = 200
     selection: Selection = Selection()
@@ -328,7 +329,7 @@ def run(config: PrelabelConfig) -> Report:
     # Under Ray the actors run the model; the driver loads the weights on the CPU only for the
     # config and the model version, so both are the ones the backend reports.
     predictor = Predictor.from_checkpoint(config.weights, device="cpu" if config.ray else config.device,
-                                          cache_size=1)
+                                          cache_size=1, precision="float32" if config.ray else config.precision)
     mv = check_model_version(config.model_version or predictor.model_version)
     served = cached_parse(info.label_config, tuple(predictor.config.keypoint_names), config.settings.score_threshold)
     if info.retrieves_on_listing:
@@ -366,7 +367,7 @@ def _infer_and_write(config: PrelabelConfig, project: LabelStudioProject, creden
         from .prelabel_ray import RayPlan, ray_results
 
         plan = RayPlan(address=config.ray, actors=config.actors, weights=config.weights, device=config.device,
-                       label_config=label_config, score_threshold=config.settings.score_threshold,
+                       precision=config.precision, label_config=label_config, score_threshold=config.settings.score_threshold,
                        model_version=model.model_version, project=project.id, url=project.url,
                        api_key=config.api_key, image_source=source)
         run_chunks(ray_results(tasks, plan), writer, report, config.chunk, progress)

@@ -27,6 +27,7 @@ class RayPlan:
     address: str
     weights: str | None
     device: str
+    precision: str
     label_config: str
     score_threshold: float
     model_version: str
@@ -50,7 +51,8 @@ class _Actor:
         from .task_inference import Loaders, TaskPredictor
 
         torch.set_num_threads(threads)
-        predictor = Predictor.from_checkpoint(plan.weights, device=plan.device, cache_size=1)
+        predictor = Predictor.from_checkpoint(plan.weights, device=plan.device, cache_size=1,
+                                              precision=plan.precision)
         served = cached_parse(plan.label_config, tuple(predictor.config.keypoint_names), plan.score_threshold)
         self.model = TaskPredictor(predictor, served, plan.model_version, plan.project)
         self.loaders = Loaders(plan.image_source, Credentials(plan.url, plan.api_key))

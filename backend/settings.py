@@ -46,6 +46,14 @@ def _float(env: dict[str, str], name: str, default: float, minimum: float | None
     return value
 
 
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive; unset or empty = the first)."""
+    raw = env.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {env[name]!r}")
+    return raw
+
+
 def _url(env: dict[str, str], name: str) -> str:
     raw = env.get(name, "").strip().rstrip("/")
     if raw and urlparse(raw).scheme not in ("http", "https"):
@@ -64,6 +72,7 @@ class Settings:
     label_studio_api_key: str = field(default="", repr=False)   # LABEL_STUDIO_API_KEY
     weights: str | None = None                   # CLICKPOSE_WEIGHTS: checkpoint path; None = default weights
     device: str = "cpu"                          # CLICKPOSE_DEVICE
+    precision: str = "float32"                   # CLICKPOSE_PRECISION: float32 or bfloat16 (where native)
     cache_size: int = 32                         # CLICKPOSE_CACHE_SIZE: interactive sessions kept per process
     workers: int = 1                             # WORKERS (gunicorn)
     threads: int = 4                             # THREADS (gunicorn)
@@ -103,6 +112,7 @@ class Settings:
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip(),
             weights=env.get("CLICKPOSE_WEIGHTS", "").strip() or None,
             device=env.get("CLICKPOSE_DEVICE", "cpu").strip() or "cpu",
+            precision=_choice(env, "CLICKPOSE_PRECISION", ("float32", "bfloat16")),
             cache_size=_int(env, "CLICKPOSE_CACHE_SIZE", 32, minimum=1),
             workers=_int(env, "WORKERS", 1, minimum=1),
             threads=_int(env, "THREADS", 4, minimum=1),

@@ -10,6 +10,7 @@ session moves it to the active tier.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -27,6 +28,7 @@ from .config import ClickPoseConfig
 from .image import as_rgb_array
 from .interaction import apply_clicks
 from .model import EncoderMemory
+from .model.kernels import Kernels, Precision
 from .postprocess import person_scores, select_top, split_keypoints, to_pixels
 from .preprocess import preprocess
 from .types import Click, Person
@@ -90,18 +92,24 @@ class Predictor:
     device: 'cpu' or 'cuda[:n]'; cache_size: active sessions kept (least recently used is dropped);
     prefetch_size: sessions kept from `predict_batch(..., prefetch=True)`, a separate budget (0: none);
     grow_boxes: make every returned box hold its keypoints (the official click-step box rule,
-    applied to outputs too) so a box never cuts through its own skeleton.
+    applied to outputs too) so a box never cuts through its own skeleton;
+    precision: 'float32' or 'bfloat16' (used where the hardware has native bf16, else float32
+    with a warning; see `clickpose_core.model.kernels`). The predictor runs its own copy of `model` rebuilt for the
+    fastest kernels of `device` (`self.kernels`), so the caller's model stays trainable.
     """
 
     def __init__(self, model: nn.Module, weights_info: WeightsInfo | None = None,
                  device: str | torch.device = "cpu", cache_size: int = 32, grow_boxes: bool = True,
-                 prefetch_size: int = 0):
+                 prefetch_size: int = 0, precision: Precision = "float32"):
         if cache_size < 1:
             raise ValueError(f"cache_size must be at least 1, got {cache_size}")
         if prefetch_size < 0:
             raise ValueError(f"prefetch_size must be >= 0, got {prefetch_size}")
         self.device = _device(device)
-        self.model = model.to(self.device, torch.float32).eval()
+        self.kernels = Kernels.select(self.device, precision)
+        model = model.to(self.device, torch.float32).eval()
+        self.model = self.kernels.apply(copy.deepcopy(model)) if self.kernels != Kernels() else model
+        self.precision: Precision = self.kernels.precision
         self.config: ClickPoseConfig = model.config
         self.cache_size = cache_size
         self.grow_boxes = grow_boxes

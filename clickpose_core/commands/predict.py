@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..checkpoint import CheckpointError
+from . import add_precision_argument
 from ..image import ImageError, load_image
 from ..types import Person
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", type=float, default=0.3,
                         help="keep persons scoring at least this (0..1)")
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda'")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--score-threshold must be between 0 and 1, got {args.score_threshold}")
     try:
         predictor = Predictor.from_checkpoint(args.weights, device=args.device, cache_size=1,
-                                              weights_dir=args.weights_dir)
+                                              weights_dir=args.weights_dir, precision=args.precision)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         return _fail(str(e))
     os.makedirs(args.out, exist_ok=True)
@@ -74,6 +76,7 @@ def _record(path: str, image: np.ndarray, persons: list[Person], predictor: Any,
         "keypoint_names": list(cfg.keypoint_names),
         "skeleton": [list(pair) for pair in cfg.skeleton],
         "score_threshold": threshold,
+        "precision": predictor.precision,
         "persons": [{"index": p.index, "score": p.score, "box_xyxy": p.box.tolist(),
                      "keypoints": p.keypoints.tolist()} for p in persons],
     }

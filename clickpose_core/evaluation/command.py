@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from clickpose_core.commands import add_precision_argument
 from clickpose_core.evaluation.data import EvalDataset
 from clickpose_core.evaluation.plot import plot_ap_vs_clicks
 from clickpose_core.evaluation.refiners import ManualCorrection, OfficialLoop, PredictorRefiner
@@ -54,13 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated from {', '.join(MODES)} (default pinned,official,manual)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--device", default="cpu")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from clickpose_core.predictor import Predictor
 
     dataset = EvalDataset.from_folder(args.data)
-    predictor = Predictor.from_checkpoint(args.weights, device=args.device, cache_size=4)
+    predictor = Predictor.from_checkpoint(args.weights, device=args.device, cache_size=4, precision=args.precision)
     cfg = predictor.config
     if cfg.num_keypoints != dataset.num_keypoints:
         raise SystemExit(f"model has {cfg.num_keypoints} keypoints, dataset {args.data} has {dataset.num_keypoints}")
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                                 max_rounds=args.max_rounds, image_ids=ids, progress=True))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"data": str(args.data), "weights": predictor.weights_info, "model_version": predictor.model_version}
+    meta = {"data": str(args.data), "weights": predictor.weights_info, "model_version": predictor.model_version,
+            "precision": predictor.precision}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     curves = {r["mode"]: [(int(k), v["AP"]) for k, v in r["keypoint_ap"].items()] for r in results}
     if any(len(c) for c in curves.values()):

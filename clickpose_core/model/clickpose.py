@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..config import ClickPoseConfig
 from .backbone import Backbone, Bottleneck, downsample_mask
-from .common import group_attention_mask, inverse_sigmoid
+from .common import GroupedAttention, inverse_sigmoid
 from .decoder import DecoderState, DenoisingQueries
 from .deformable_attention import LevelLayout, MSDeformAttn
 from .position import SinePositionEncoding
@@ -166,7 +166,7 @@ class ClickPose(nn.Module):
             group_refs = torch.cat([torch.cat([dn_refs[:, :, None], dec.keypoint_refs(dn.kpt_xy, dn_refs)], 2),
                                     group_refs], 1)
         b, g = group_tokens.shape[:2]
-        mask = dn.pose_mask if dn is not None else group_attention_mask(g, dec.group_size, group_tokens.device)
+        mask = dn.pose_mask if dn is not None else GroupedAttention(dec.group_size)
         state = DecoderState(group_tokens.flatten(1, 2), group_refs.flatten(1, 2), mask)
         pose_outs = dec.run_pose_layers(state, mem.pose_values, mem.layout, mem.valid_ratios, None)
 
@@ -211,7 +211,7 @@ class ClickPose(nn.Module):
         tokens = torch.cat([self.label_enc.weight[1].expand(b, r, 1, -1),
                             self.label_enc_pose.weight[1:k + 1].expand(b, r, -1, -1)], 2)
         state = DecoderState(tokens.flatten(1, 2), refs.flatten(1, 2),
-                             group_attention_mask(r, dec.group_size, boxes.device))
+                             GroupedAttention(dec.group_size))
         delta_mask = None if pinned is None else (~pinned).to(boxes.dtype)
         outs = dec.run_pose_layers(state, mem.pose_values, mem.layout, mem.valid_ratios, delta_mask)
         layers = [dec.pose_layer_predictions(dec.num_box_layers + j, o, delta_mask) for j, o in enumerate(outs)]

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -34,21 +36,26 @@ def sine_embed(coords: Tensor, num_feats: int, temperature: float = 10000.0) -> 
     """Sine/cosine embedding of normalised coordinates.
 
     coords [..., C] with C = 2 (x, y) or 4 (x, y, w, h) -> [..., C * num_feats], laid out as
-    (y, x) or (y, x, w, h): the order the official decoder's ref_point_head was trained on.
-    The frequency table is float32 as in the official code, whatever the model dtype.
+    (y, x) or (y, x, w, h): the order the official decoder's ref_point_head was trained on. Within
+    a coordinate, feature j is sin(phase_j) for even j and cos(phase_j) = sin(phase_j + pi/2) for
+    odd j, computed as one sine over all features. The frequency table is float32 as in the
+    official code, whatever the model dtype.
     """
     dim_t = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
     dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
-
-    def embed(v: Tensor) -> Tensor:
-        p = (v * (2 * math.pi))[..., None] / dim_t
-        return torch.stack((p[..., 0::2].sin(), p[..., 1::2].cos()), dim=-1).flatten(-2)
-
-    order = (1, 0) if coords.shape[-1] == 2 else (1, 0, 2, 3)
-    return torch.cat([embed(coords[..., i]) for i in order], dim=-1)
+    shift = (torch.arange(num_feats, dtype=coords.dtype, device=coords.device) % 2) * (math.pi / 2)
+    order = [1, 0] if coords.shape[-1] == 2 else [1, 0, 2, 3]
+    phase = torch.addcdiv(shift, (coords[..., order] * (2 * math.pi))[..., None], dim_t)
+    return phase.sin().flatten(-2)
 
 
-def group_attention_mask(num_groups: int, group_size: int, device: torch.device | None = None) -> Tensor:
-    """[G*S, G*S] bool, True where attention is blocked: tokens only see their own group."""
-    group = torch.arange(num_groups * group_size, device=device) // group_size
-    return group[:, None] != group[None, :]
+@dataclass(frozen=True)
+class GroupedAttention:
+    """Self-attention only within consecutive groups of `size` tokens (a block-diagonal mask).
+
+    Run as attention over [B*G, size] sequences: the same result as the dense [G*S, G*S] mask,
+    without computing the G**2 - G blocks it throws away."""
+    size: int
+
+
+AttentionMask = Union[Tensor, GroupedAttention, None]

@@ -13,21 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import MLP, inverse_sigmoid, sine_embed
+from .common import MLP, AttentionMask, GroupedAttention, inverse_sigmoid, sine_embed
 from .deformable_attention import LevelLayout, MSDeformAttn
 
 
 @dataclass
 class DecoderState:
     """Queries entering a decoder layer. tokens [B,Q,C]; refs [B,Q,4] sigmoid-space; attn_mask
-    [Q,Q] or [B*heads,Q,Q] bool (True = blocked) or None.
+    [Q,Q] or [B*heads,Q,Q] bool (True = blocked), GroupedAttention, or None.
 
     refs may carry gradients: the layer itself sees them detached, but the prediction heads use
     them as they are, so each layer's box update is also trained through the next layer's loss
     (as in the official model)."""
     tokens: Tensor
     refs: Tensor
-    attn_mask: Tensor | None
+    attn_mask: AttentionMask
 
 
 @dataclass
@@ -72,12 +72,19 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(self, tgt: Tensor, query_pos: Tensor, refs: Tensor, values: Tensor, layout: LevelLayout,
-                attn_mask: Tensor | None) -> Tensor:
+                attn_mask: AttentionMask) -> Tensor:
         """tgt, query_pos [B,Q,C]; refs [B,Q,L,4]; values [B,M,S,C/M] -> [B,Q,C]."""
-        q = tgt + query_pos
-        tgt = self.norm2(tgt + self.self_attn(q, q, tgt, attn_mask=attn_mask, need_weights=False)[0])
+        tgt = self.norm2(tgt + self._self_attention(tgt + query_pos, tgt, attn_mask))
         tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, refs, values, layout))
         return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
+
+    def _self_attention(self, q: Tensor, v: Tensor, attn_mask: AttentionMask) -> Tensor:
+        """q, v [B,Q,C] -> [B,Q,C]."""
+        if isinstance(attn_mask, GroupedAttention):
+            b, t, c = v.shape
+            q, v = q.reshape(-1, attn_mask.size, c), v.reshape(-1, attn_mask.size, c)
+            return self.self_attn(q, q, v, need_weights=False)[0].reshape(b, t, c)
+        return self.self_attn(q, q, v, attn_mask=attn_mask, need_weights=False)[0]
 
 
 class Decoder(nn.Module):

@@ -34,13 +34,24 @@ class LevelLayout:
         for h, w in padded[:-1]:
             self.padded_starts.append(self.padded_starts[-1] + h * w)
         self.num_padded_tokens = sum(h * w for h, w in padded)
+        self._geometry: dict[tuple, _PaddedGeometry] = {}    # per sampling shape: the same for every layer
+
+    def geometry(self, like: Tensor, m: int, s: int) -> "_PaddedGeometry":
+        """The sampler's constants for locations shaped like `like` [N,Q,M,L,P,2], computed once."""
+        key = (like.shape[0], *like.shape[2:], like.dtype, like.device, s)
+        if key not in self._geometry:
+            self._geometry[key] = _PaddedGeometry(self, like, m, s)
+        return self._geometry[key]
 
     def pad(self, values: Tensor) -> Tensor:
-        """[N,M,S,D] -> [N,M,S_padded,D] with the zero border around each level."""
+        """[N,M,S,D] -> [N,M,S_padded,D] with the zero border around each level (one copy)."""
         n, m, _, d = values.shape
+        table = values.new_zeros(n, m, self.num_padded_tokens, d)
         levels = values.split([h * w for h, w in self.hw], dim=2)
-        return torch.cat([F.pad(v.view(n, m, h, w, d), (0, 0, 1, 2, 1, 2)).flatten(2, 3)
-                          for v, (h, w) in zip(levels, self.hw)], 2)
+        for v, start, (h, w) in zip(levels, self.padded_starts, self.hw):
+            padded = table[:, :, start:start + (h + _BORDER) * (w + _BORDER)].view(n, m, h + _BORDER, w + _BORDER, d)
+            padded[:, :, 1:h + 1, 1:w + 1] = v.view(n, m, h, w, d)
+        return table
 
     def unpad(self, values: Tensor) -> Tensor:
         """Inverse of `pad`."""
@@ -65,46 +76,66 @@ def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, we
     returns   [N, Q, M*D]
     """
     n, m, s, d = values.shape
-    q, num_levels, num_points = locations.shape[1], locations.shape[3], locations.shape[4]
-    geom = _PaddedGeometry(layout, locations, n, m, s)
+    q = locations.shape[1]
+    if locations.dtype.itemsize < 4:    # bf16/fp16 cannot hold the cell indices of a real feature map
+        locations, weights = locations.float(), weights.float()
+    geom = layout.geometry(locations, m, s)
     table = values.reshape(n * m * s, d)
-    chunk = max(1, _CHUNK_ELEMENTS // (n * m * num_levels * num_points))
-    outs = []
+    chunk = max(1, _CHUNK_ELEMENTS // (n * geom.samples))
+    parts = []
     for a in range(0, q, chunk):
         idx, wts = geom.corners(locations[:, a:a + chunk], weights[:, a:a + chunk])
-        rows = idx.shape[0] * idx.shape[1] * idx.shape[2]
-        out = F.embedding_bag(idx.reshape(rows, -1), table,
-                              per_sample_weights=wts.reshape(rows, -1).to(values.dtype), mode="sum")
-        outs.append(out.view(n, -1, m * d))
-    return torch.cat(outs, 1) if len(outs) > 1 else outs[0]
+        bags = idx.shape[0] * idx.shape[1] * m
+        part = F.embedding_bag(idx.view(bags, -1), table, per_sample_weights=wts.view(bags, -1).to(values.dtype),
+                               mode="sum")
+        parts.append(part.view(n, -1, m * d))
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
 class _PaddedGeometry:
-    """Per-level sizes of the padded table, broadcast against [N, Q, M, L, P] sampling tensors."""
+    """Per-sample constants of the padded table for [N, Q, M, L, P] sampling tensors.
 
-    def __init__(self, layout: LevelLayout, like: Tensor, n: int, m: int, s: int):
-        view = (1, 1, 1, -1, 1)
-        shapes = layout.spatial_shapes.to(device=like.device, dtype=like.dtype)
-        self.h, self.w = shapes[:, 0].view(view), shapes[:, 1].view(view)
-        self.row = (self.w + _BORDER).long()           # padded row length
-        start = torch.tensor(layout.padded_starts, device=like.device).view(view)
-        # First table row of each (batch, head, level), shifted to the padded origin (1, 1).
-        self.base = ((torch.arange(n, device=like.device).view(n, 1, 1, 1, 1) * m
-                      + torch.arange(m, device=like.device).view(1, 1, m, 1, 1)) * s + start)
+    Every constant is a row over the K = M*L*P samples of one query (2K for (x, y) pairs), so each
+    operation of `corners` is a broadcast over queries with a long contiguous inner dimension. A
+    bag of `embedding_bag` holds one (query, head): its 4*L*P entries are stored corner-major,
+    which keeps the level-dependent corner offsets on a contiguous run of L*P samples.
+    """
+
+    def __init__(self, layout: LevelLayout, like: Tensor, m: int, s: int):
+        n, _, _, num_levels, num_points, _ = like.shape
+        dev, lp = like.device, num_levels * num_points
+        self.samples = m * lp
+        wh = layout.spatial_shapes.flip(1).to(device=dev, dtype=like.dtype)              # [L,2] (w, h)
+        per_sample = wh[:, None].expand(num_levels, num_points, 2).reshape(1, lp, 2).expand(m, lp, 2)
+        self.size = per_sample.reshape(-1)                                              # [2K]
+        self.limit = self.size + 1                          # last border column / row
+        self.zero, self.half = torch.zeros_like(self.size), torch.full_like(self.size, 0.5)
+        self.row = self.size[0::2] + _BORDER                # padded row length, [K]
+        row = self.row.view(m, 1, lp).long()
+        corner = torch.cat([torch.zeros_like(row), torch.ones_like(row), row, row + 1], 1)    # [M,4,LP]
+        start = torch.tensor(layout.padded_starts, device=dev).repeat_interleave(num_points)  # [LP]
+        head = torch.arange(n, device=dev).view(n, 1, 1, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m, 1, 1)
+        self.corner_rows = head * s + start + corner        # [N,1,M,4,LP]: table row of each corner at (0, 0)
 
     def corners(self, loc: Tensor, attn: Tensor) -> tuple[Tensor, Tensor]:
-        """Table rows [..., 4] and weights [..., 4] of the four bilinear corners of each sample."""
-        # grid_sample's un-normalisation, shifted by the border; clamping to [0, size + 1] only
-        # moves samples that lie entirely outside the map, which then read two border zeros.
-        x = (((2 * loc[..., 0] - 1 + 1) * self.w - 1) / 2 + 1).clamp(0, None).minimum(self.w + 1)
-        y = (((2 * loc[..., 1] - 1 + 1) * self.h - 1) / 2 + 1).clamp(0, None).minimum(self.h + 1)
-        x0, y0 = x.floor(), y.floor()
-        fx, fy = x - x0, y - y0
-        top = (1 - fy) * attn
-        bottom = fy * attn
-        i00 = y0.long() * self.row + x0.long() + self.base
-        idx = torch.stack((i00, i00 + 1, i00 + self.row, i00 + self.row + 1), -1)
-        wts = torch.stack((top * (1 - fx), top * fx, bottom * (1 - fx), bottom * fx), -1)
+        """Table rows and weights [N, q, M, 4, L*P] of the four bilinear corners of each sample.
+
+        loc [N,q,M,L,P,2], attn [N,q,M,L,P]. The level-local row index is formed in the sampling
+        dtype: exact while a level holds fewer than 2**24 cells.
+        """
+        n, c, m = loc.shape[:3]
+        # grid_sample's un-normalisation (loc * size - 0.5) shifted by the one-cell border; clamping
+        # to [0, size + 1] only moves samples that lie entirely outside the map onto border zeros.
+        xy = torch.addcmul(self.half, loc.reshape(n * c, -1), self.size).clamp(min=self.zero, max=self.limit)
+        xy0 = xy.floor()
+        frac = (xy - xy0).view(n, c, m, -1, 2)
+        local = torch.addcmul(xy0[:, 0::2], xy0[:, 1::2], self.row).long().view(n, c, m, 1, -1)
+        idx = local + self.corner_rows
+        fx, fy = frac[..., 0], frac[..., 1]
+        bottom = attn.reshape(fy.shape) * fy
+        top = attn.reshape(fy.shape) - bottom
+        top_right, bottom_right = top * fx, bottom * fx
+        wts = torch.stack((top - top_right, top_right, bottom - bottom_right, bottom_right), 3)
         return idx, wts
 
 
@@ -169,7 +200,7 @@ class MSDeformAttn(nn.Module):
         only on the inputs, so a caller that attends to the same memory many times computes it once."""
         v = self.value_proj(inputs)
         if padding_mask is not None:
-            v = v.masked_fill(padding_mask[..., None], 0.0)
+            v = v.masked_fill_(padding_mask[..., None], 0.0)
         n, s = v.shape[:2]
         return layout.pad(v.view(n, s, self.n_heads, self.d_model // self.n_heads).transpose(1, 2))
 
@@ -180,11 +211,10 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(n, q, self.n_heads, self.n_levels, self.n_points, 2)
         attn = self.attention_weights(query).view(n, q, self.n_heads, self.n_levels * self.n_points)
         attn = attn.softmax(-1).view(n, q, self.n_heads, self.n_levels, self.n_points)
-        if reference_points.shape[-1] == 2:
-            shapes = layout.spatial_shapes.to(query.device)
-            normalizer = torch.stack([shapes[:, 1], shapes[:, 0]], -1)
-            loc = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        else:
-            loc = (reference_points[:, :, None, :, None, :2]
-                   + offsets / self.n_points * reference_points[:, :, None, :, None, 2:] * 0.5)
+        ref = reference_points[:, :, None, :, None]                                   # [N,Q,1,L,1,2|4]
+        if reference_points.shape[-1] == 2:   # offsets in cells of each level's map
+            normalizer = layout.spatial_shapes.flip(1).to(query.device, offsets.dtype)[:, None]
+            loc = torch.addcdiv(ref, offsets, normalizer)
+        else:                                 # offsets relative to the box size
+            loc = torch.addcmul(ref[..., :2], offsets, ref[..., 2:] * (0.5 / self.n_points))
         return self.output_proj(self.sampler(values, layout, loc, attn))

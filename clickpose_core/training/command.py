@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import torch
 
+from ..commands import PRECISION_CHOICES
 from ..checkpoint import build_from_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from ..config import ClickPoseConfig
 from ..model.clickpose import build_model
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
+                        help="bfloat16: forward and losses under bf16 autocast, where the CPU has native bf16 "
+                             "(avx512_bf16/AMX) or on CUDA (else float32 with a warning); default float32")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -62,7 +66,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        weight_decay=args.weight_decay, clip_max_norm=args.clip_max_norm,
                        warmup_steps=args.warmup_steps, lr_drop_step=args.lr_drop_step,
                        pin_clicks=not args.official_unpinned, seed=args.seed,
-                       checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers)
+                       checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers,
+                       precision=args.precision)
 
 
 def export(resume: str, path: str, licence: str | None = None) -> int:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..checkpoint import FORMAT, save_checkpoint
 from ..model.clickpose import ClickPose
+from ..model.kernels import Kernels
 from .data import CocoKeypoints, collate
 from .denoising import DenoisingSettings, make_denoising_queries
 from .feedback import simulate_feedback
@@ -41,6 +42,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     workers: int = 0
+    precision: str = "float32"       # "bfloat16": forward and loss under bf16 autocast (where native)
 
     def lr_factor(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
@@ -110,6 +112,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.elapsed = 0.0            # training seconds over all sessions of this run
+        self.autocast = Kernels.select(self.device, cfg.precision).precision == "bfloat16"
         if len(dataset) < cfg.batch_size:
             raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
 
@@ -121,8 +124,9 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         dev = self.device
         targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
-        losses = compute_losses(self.model, self.criterion, images.to(dev), masks.to(dev), targets,
-                                self.generator, self.cfg.pin_clicks)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+            losses = compute_losses(self.model, self.criterion, images.to(dev), masks.to(dev), targets,
+                                    self.generator, self.cfg.pin_clicks)
         total = self.criterion.total(losses)
         if not math.isfinite(total.item()):
             raise FloatingPointError(f"loss is {total.item()} at step {self.step}: "

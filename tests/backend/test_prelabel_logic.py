@@ -266,3 +266,23 @@ def test_image_loaders_follow_the_renewed_access_token():
     second = loaders.current()
     assert second is not first and second.token == "access-2" and second.hostname == "http://127.0.0.1:1"
     loaders.close()
+
+
+def test_precision_flag_reaches_the_run_config(monkeypatch):
+    import backend.prelabel as prelabel
+    from backend.cli import build_parser, main
+
+    args = build_parser().parse_args(["prelabel", "--project", "3", "--precision", "bfloat16"])
+    assert args.precision == "bfloat16"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prelabel", "--project", "3", "--precision", "float16"])
+    seen = []
+
+    def fake_run(config):
+        seen.append(config)
+        raise ValueError("stop here")   # the CLI turns our errors into exit status 2
+
+    monkeypatch.setattr(prelabel, "run", fake_run)
+    assert main(["prelabel", "--url", "http://127.0.0.1:9", "--api-key", "k", "--project", "3",
+                 "--precision", "bfloat16"]) == 2
+    assert seen[0].precision == "bfloat16" and seen[0].project == 3
