@@ -135,6 +135,16 @@ class TaskRef:
         return cls(id=tid, url=url, key=digest, raw=task)
 
 
+def _refuse_repeats(refs: Sequence[TaskRef]) -> None:
+    """TaskError for a task sent twice in one request: both would be one predictor session."""
+    first: dict[str, int] = {}
+    for i, ref in enumerate(refs):
+        j = first.setdefault(ref.key, i)
+        if j != i:
+            raise TaskError(f"tasks[{i}] repeats tasks[{j}] (task {ref.id!r}, same image): send each task once, "
+                            "not twice in one request")
+
+
 class ClickPoseBackend(LabelStudioMLBase):
     """Label Studio ML backend: pre-annotation and click refinement of human keypoints."""
 
@@ -181,6 +191,7 @@ class ClickPoseBackend(LabelStudioMLBase):
         predictor = engine.predictor
         regions = PersonRegions(served.keypoints, served.box)
         refs = [TaskRef.of(t, served.keypoints.value_key, self.project) for t in tasks]
+        _refuse_repeats(refs)
         started = time.monotonic()
         admitted = engine.admission.admit(len(refs))
         results: list[dict | None] = [None] * len(refs)

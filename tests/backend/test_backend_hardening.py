@@ -479,3 +479,13 @@ def test_a_space_in_the_path_is_sent_encoded_and_in_the_host_refused(fake_ls):
     assert any(path == "/public/a%20b.jpg" for path, _ in fake_ls.requests)
     with pytest.raises(ImageError):
         loader.fetch_bytes("http://127.0.0.1 .evil/public/a.jpg", task_id=1)
+
+
+# -- review of the hardening (second pass) ---------------------------------------------------------
+def test_the_same_task_twice_in_one_request_is_a_400_not_a_500(make_client, fake_ls):
+    client = make_client()
+    connect(client, fake_ls.url)
+    body = payload("04_predict_batch")
+    body["tasks"] = [copy.deepcopy(body["tasks"][0]) for _ in range(2)]     # same id, same image
+    assert_clean_4xx(client.post("/predict", json=body), "twice")
+
