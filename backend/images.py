@@ -92,6 +92,8 @@ def parse_http_url(url: object) -> tuple[Origin, str]:
         raise ImageError("image URLs with credentials (user:password@host) are refused")
     if not parts.host:
         raise ImageError(f"the image URL {url[:80]!r} has no host")
+    if parts.port == 0:   # `parts.port or default` below would quietly read it as the default port
+        raise ImageError("the image URL names port 0, which no server listens on")
     origin = Origin(scheme, parts.host.lower(), parts.port or _DEFAULT_PORTS[scheme])
     canonical = f"{scheme}://{origin.netloc}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
     return origin, canonical

@@ -489,3 +489,21 @@ def test_the_same_task_twice_in_one_request_is_a_400_not_a_500(make_client, fake
     body["tasks"] = [copy.deepcopy(body["tasks"][0]) for _ in range(2)]     # same id, same image
     assert_clean_4xx(client.post("/predict", json=body), "twice")
 
+
+@pytest.mark.parametrize("env,needle", [
+    ({"ALLOWED_IMAGE_HOSTS": "cdn.example.org:99999"}, "ALLOWED_IMAGE_HOSTS"),
+    ({"LABEL_STUDIO_URL": "http://admin:pw@ls.example.org:8080"}, "LABEL_STUDIO_URL"),
+    ({"LABEL_STUDIO_URL": "http://ls.example.org:8080\\@other.example.org"}, "LABEL_STUDIO_URL"),
+    ({"LABEL_STUDIO_URL": "http://ls.example.org:99999"}, "LABEL_STUDIO_URL"),
+])
+def test_url_settings_are_checked_at_start_by_the_fetch_parser(env, needle):
+    from backend.settings import SettingsError
+    with pytest.raises(SettingsError, match=needle):
+        Settings.from_env(env)
+
+
+def test_port_zero_is_refused_not_read_as_the_default_port():
+    from backend.images import parse_http_url
+    with pytest.raises(ImageError, match="port"):
+        parse_http_url("http://127.0.0.1:0/x.jpg")
+
