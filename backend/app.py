@@ -56,7 +56,8 @@ class Redactor:
         (re.compile(r"(?i)\b(Token|Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
         (re.compile(r"""(?i)(["']?(?:access_token|api_key|password|refresh)["']?\s*[:=]\s*["']?)[^"',\s}&]+"""),
          r"\1***"),
-        (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@"), r"\1***@"),
+        # Up to the last "@" of the authority, as urllib3 splits it: a password may hold "@" itself.
+        (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"]*@"), r"\1***@"),
         (re.compile(r"(?i)([?&;](?:[a-z0-9_.-]*(?:signature|credential|security-token|token|secret|password|key)"
                     r"|sig|se|st|skoid|sktid)=)[^&\s'\"]+"), r"\1***"),
     )

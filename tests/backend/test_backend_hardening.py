@@ -507,3 +507,8 @@ def test_port_zero_is_refused_not_read_as_the_default_port():
     with pytest.raises(ImageError, match="port"):
         parse_http_url("http://127.0.0.1:0/x.jpg")
 
+
+def test_a_url_password_holding_an_at_sign_is_redacted_whole():
+    from backend.app import Redactor
+    text = Redactor().clean("Resolving url using hostname [http://admin:hunter@2x@ls:8080]: /data/x")
+    assert "hunter" not in text and "2x" not in text and "ls:8080" in text
