@@ -123,6 +123,14 @@ class HostPolicy:
             return False
         return (origin.host, origin.port) in self.allowed or (origin.host, None) in self.allowed
 
+    def admit(self, url: object) -> tuple[Origin, str]:
+        """(origin, canonical URL) of a URL the policy permits; ImageError naming the host otherwise."""
+        origin, canonical = parse_http_url(url)
+        if not self.permits(canonical):
+            raise ImageError(f"refusing to fetch an image from {origin.netloc!r}: only the Label Studio host and "
+                             "ALLOWED_IMAGE_HOSTS are allowed")
+        return origin, canonical
+
 
 def _host_entry(entry: str) -> tuple[str, int | None]:
     """An ALLOWED_IMAGE_HOSTS entry `host[:port]` as the policy stores it."""
@@ -224,11 +232,7 @@ class GuardedSession(requests.Session):
         kwargs["stream"] = True
         headers = {k: v for k, v in (kwargs.pop("headers", None) or {}).items() if k.lower() != "authorization"}
         for _ in range(self.max_redirects + 1):
-            origin, canonical = parse_http_url(url)
-            if not self.policy.permits(canonical):
-                raise ImageError(
-                    f"refusing to fetch an image from {origin.netloc!r}: only the Label Studio host and "
-                    "ALLOWED_IMAGE_HOSTS are allowed")
+            origin, canonical = self.policy.admit(url)
             hop = dict(headers)
             if self.authorization and origin == self.token_origin:
                 hop["Authorization"] = self.authorization   # the token goes to Label Studio only
@@ -367,12 +371,7 @@ class ImageLoader:
                                  "to be presigned by Label Studio")
             parse_http_url(self.hostname + "/" + url.lstrip("/"))   # the SDK joins them: same rules apply
             return url
-        origin, canonical = parse_http_url(url)
-        if not self.policy.permits(canonical):
-            raise ImageError(
-                f"refusing to fetch an image from {origin.netloc!r}: only the Label Studio host and "
-                "ALLOWED_IMAGE_HOSTS are allowed")
-        return canonical
+        return self.policy.admit(url)[1]
 
     def fetch_bytes(self, url: str, task_id: int | None) -> bytes:
         url = self.check_url(url, task_id)
@@ -408,9 +407,6 @@ class ImageLoader:
 
     def load(self, url: str, task_id: int | None) -> np.ndarray:
         return decode_image(self.fetch_bytes(url, task_id), self.limits.max_pixels)
-
-    def close(self) -> None:
-        """Nothing to release: each download cleans up after itself (kept for callers' `finally`)."""
 
 
 def _http_error_text(exc: requests.HTTPError) -> str:
