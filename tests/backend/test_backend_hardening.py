@@ -512,3 +512,33 @@ def test_a_url_password_holding_an_at_sign_is_redacted_whole():
     from backend.app import Redactor
     text = Redactor().clean("Resolving url using hostname [http://admin:hunter@2x@ls:8080]: /data/x")
     assert "hunter" not in text and "2x" not in text and "ls:8080" in text
+
+
+def test_a_session_evicted_before_the_interactive_lane_is_rebuilt_outside_it(make_client, fake_ls, monkeypatch):
+    """Another annotator's first forward can evict a task's fresh session before its refinement takes
+    the lane; the full forward that rebuilds it must not run inside the interactive lane."""
+    from backend.model import get_engine
+
+    client = make_client()
+    connect(client, fake_ls.url)
+    engine = get_engine(client.application.config["clickpose_settings"])
+    predictor = engine.predictor
+    original = predictor.predict
+    under_lane, evicted = [], []
+
+    def predict_then_evict_once(key, image):
+        under_lane.append(engine.lanes._interactive.locked())
+        persons = original(key, image)
+        if not evicted:
+            evicted.append(key)
+            predictor.forget(key)          # as if cache_size other first forwards had just run
+        return persons
+    monkeypatch.setattr(predictor, "predict", predict_then_evict_once)
+    cold = payload("21_browser_A")
+    cold["tasks"][0]["id"] = 461
+    before = len(fake_ls.requests)
+    r = client.post("/predict", json=cold)
+    assert r.status_code == 200, r.get_json()
+    assert evicted and under_lane == [False, False], "a full forward ran while holding the interactive lane"
+    downloads = [path for path, _ in fake_ls.requests[before:] if path.startswith("/data/upload/")]
+    assert len(downloads) == 1, "the image was downloaded again instead of reused"
