@@ -542,3 +542,31 @@ def test_a_session_evicted_before_the_interactive_lane_is_rebuilt_outside_it(mak
     assert evicted and under_lane == [False, False], "a full forward ran while holding the interactive lane"
     downloads = [path for path, _ in fake_ls.requests[before:] if path.startswith("/data/upload/")]
     assert len(downloads) == 1, "the image was downloaded again instead of reused"
+
+
+def test_a_chunked_body_without_content_length_is_capped_too():
+    """gunicorn (and Werkzeug's server) pass a chunked body through uncapped: MAX_REQUEST_BYTES must
+    hold without a Content-Length header as well, not only in front of it."""
+    import requests
+    from werkzeug.serving import make_server
+
+    app = create_app(Settings(max_request_bytes=4096), load_model=False)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def chunks():                    # 2 MB in 20 chunks, no Content-Length: Transfer-Encoding: chunked
+        yield b'{"action": "'
+        for _ in range(20):
+            yield b"x" * 100_000
+        yield b'"}'
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/webhook"
+        r = requests.post(url, data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 413 and "MAX_REQUEST_BYTES" in r.json()["error"], (r.status_code, r.text[:200])
+        small = requests.post(url, data=iter([b'{"action": ', b'"ANNOTATION_CREATED"}']),
+                              headers={"Content-Type": "application/json"}, timeout=30)
+        assert small.status_code == 200 and small.json()["action"] == "ANNOTATION_CREATED"
+    finally:
+        server.shutdown()
+        thread.join(10)
