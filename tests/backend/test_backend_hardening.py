@@ -1,5 +1,7 @@
 """The security and load findings of issue 8, one test per reproduction (Flask test client and loopback
-servers only). Each failed on the code before the fix."""
+servers only). Each reproduction failed on the code before the fix; a few neighbours that already held
+there are kept beside them as regression tests (`user@host`, a project's own setup, `/webhook []`, a space
+in the path). The tests after "second pass" are the findings of the review of the hardening."""
 from __future__ import annotations
 
 import base64
