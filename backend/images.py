@@ -67,8 +67,8 @@ class Origin:
 def parse_http_url(url: object) -> tuple[Origin, str]:
     """(origin, canonical URL) of an http(s) URL; ImageError for anything ambiguous.
 
-    The canonical URL is rebuilt from urllib3's parse, so the host that is checked is the host
-    that is connected to: `http://a:1\\@b:2/` is refused, not read as host `b` by one parser
+    The canonical URL is rebuilt from urllib3's parse and taken to the bytes requests sends, so
+    the URL that is checked is the URL that is requested: `http://a:1\\@b:2/` is refused, not read as host `b` by one parser
     and `a` by another.
     """
     if not isinstance(url, str):
@@ -95,8 +95,31 @@ def parse_http_url(url: object) -> tuple[Origin, str]:
     if parts.port == 0:   # `parts.port or default` below would quietly read it as the default port
         raise ImageError("the image URL names port 0, which no server listens on")
     origin = Origin(scheme, parts.host.lower(), parts.port or _DEFAULT_PORTS[scheme])
-    canonical = f"{scheme}://{origin.netloc}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
-    return origin, canonical
+    rebuilt = f"{scheme}://{origin.netloc}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+    sent = _as_sent(rebuilt)
+    if sent is None:
+        raise ImageError(f"the image URL {url[:80]!r} has no valid host or port")
+    parts = parse_url(sent)
+    if Origin(parts.scheme or "", (parts.host or "").lower(), parts.port or _DEFAULT_PORTS[scheme]) != origin:
+        raise ImageError("the image URL reads as two different hosts; refusing an address that clients could "
+                         "read differently")
+    return origin, sent
+
+
+def _as_sent(url: str) -> str | None:
+    """The URL requests puts on the wire for `url` (it re-quotes: `%41` -> `A`, `%2E%2E` -> `..`,
+    and a second pass drops the `..`), taken to its fixed point so that checking it and sending
+    it see the same bytes; None when requests cannot send it."""
+    for _ in range(3):
+        prepared = requests.models.PreparedRequest()
+        try:
+            prepared.prepare_url(url, None)
+        except (requests.RequestException, LocationParseError, ValueError):
+            return None
+        if prepared.url == url:
+            return url
+        url = prepared.url
+    return None
 
 
 @dataclass(frozen=True)

@@ -572,3 +572,17 @@ def test_a_chunked_body_without_content_length_is_capped_too():
     finally:
         server.shutdown()
         thread.join(10)
+
+
+def test_the_url_checked_is_byte_for_byte_the_url_sent(fake_ls):
+    """requests re-quotes what it is given (`%2E` -> `.`, `%41` -> `A`): the canonical URL is the one it sends."""
+    from urllib.parse import urlsplit
+
+    host = fake_ls.url.split("//")[1]
+    loader = ImageLoader(Settings(allowed_hosts=(host,)).image_source(hostname=fake_ls.url, access_token=TOKEN))
+    url = fake_ls.url + "/public/%61%2E/../%41.jpg?x=%7E"
+    canonical = loader.check_url(url)
+    before = len(fake_ls.requests)
+    loader.fetch_bytes(url, task_id=1)
+    split = urlsplit(canonical)
+    assert fake_ls.requests[before][0] == f"{split.path}?{split.query}", (canonical, fake_ls.requests[before:])
