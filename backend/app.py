@@ -23,8 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask, json as flask_json, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from label_studio_ml import api as ls_api
 
@@ -56,7 +56,8 @@ class Redactor:
         (re.compile(r"(?i)\b(Token|Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 ***"),
         (re.compile(r"""(?i)(["']?(?:access_token|api_key|password|refresh)["']?\s*[:=]\s*["']?)[^"',\s}&]+"""),
          r"\1***"),
-        (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@"), r"\1***@"),
+        # Up to the last "@" of the authority, as urllib3 splits it: a password may hold "@" itself.
+        (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"]*@"), r"\1***@"),
         (re.compile(r"(?i)([?&;](?:[a-z0-9_.-]*(?:signature|credential|security-token|token|secret|password|key)"
                     r"|sig|se|st|skoid|sktid)=)[^&\s'\"]+"), r"\1***"),
     )
@@ -175,10 +176,24 @@ def _hostname(value: Any) -> str:
 
 
 def _json_body() -> dict:
+    """The body as a JSON object, never read past MAX_REQUEST_BYTES.
+
+    `_check_size` refuses a Content-Length over the cap up front; a chunked body has none and
+    gunicorn hands it over uncapped (Werkzeug 2.0 applies MAX_CONTENT_LENGTH to forms only), so
+    the read itself stops one byte past the cap.
+    """
+    if not request.is_json:
+        raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
+    cap = request.max_content_length
+    raw = request.stream.read(cap + 1)
+    if len(raw) > cap:
+        raise _too_large(cap)
     try:
-        body = request.get_json(silent=True)  # raises 413 itself when the body is over the cap
+        body = flask_json.loads(raw)
     except RecursionError:
         raise BadRequest("the request body is nested too deeply") from None
+    except ValueError:   # not JSON, or not UTF-8/16/32 text
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
     return body
@@ -188,10 +203,14 @@ def _error(status: int, message: str):
     return jsonify({"status": status, "error": message}), status
 
 
+def _too_large(cap: int) -> RequestEntityTooLarge:
+    return RequestEntityTooLarge(f"request body is larger than MAX_REQUEST_BYTES ({cap} bytes)")
+
+
 def _check_size(settings: Settings) -> Any:
-    # get_json(silent=True) would swallow Werkzeug's own 413, so the cap is checked up front.
+    """413 before anything is read when the declared Content-Length is over the cap."""
     if request.content_length is not None and request.content_length > settings.max_request_bytes:
-        return _error(413, f"request body is larger than MAX_REQUEST_BYTES ({settings.max_request_bytes} bytes)")
+        raise _too_large(settings.max_request_bytes)
     return None
 
 

@@ -180,41 +180,38 @@ def export_project(url: str, api_key: str, project: int, out: str, source: str =
     summary = ExportSummary(out=out, source=source if source == "annotations" else f"predictions of {mv}")
     loaders = Loaders(dataclasses.replace(Settings.from_env().image_source(), label_studio_url=ls.url), credentials)
     images, annotations, results = [], [], []
-    try:
-        for task in ls.tasks(fields="all"):
-            if source == "annotations":
-                items = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-            else:
-                items = [p for p in task.get("predictions") or [] if p.get("model_version") == mv]
-            if len(items) > 1:
-                summary.problems.append(f"task {task['id']}: {len(items)} {source}, the latest is exported")
-            chosen = _latest(items)
-            result = (chosen or {}).get("result") or []
-            url_of_image = (task.get("data") or {}).get(served.keypoints.value_key, "")
-            frame = image_frame(result)
-            if frame is None and source == "annotations":   # no region says how large the image is
-                try:
-                    image = loaders.current().load(url_of_image, task["id"])
-                    frame = ImageFrame(width=image.shape[1], height=image.shape[0])
-                except ImageError as exc:
-                    summary.problems.append(f"task {task['id']}: left out, its size is unknown ({exc})")
-            if frame is None:
+    for task in ls.tasks(fields="all"):
+        if source == "annotations":
+            items = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+        else:
+            items = [p for p in task.get("predictions") or [] if p.get("model_version") == mv]
+        if len(items) > 1:
+            summary.problems.append(f"task {task['id']}: {len(items)} {source}, the latest is exported")
+        chosen = _latest(items)
+        result = (chosen or {}).get("result") or []
+        url_of_image = (task.get("data") or {}).get(served.keypoints.value_key, "")
+        frame = image_frame(result)
+        if frame is None and source == "annotations":   # no region says how large the image is
+            try:
+                image = loaders.current().load(url_of_image, task["id"])
+                frame = ImageFrame(width=image.shape[1], height=image.shape[0])
+            except ImageError as exc:
+                summary.problems.append(f"task {task['id']}: left out, its size is unknown ({exc})")
+        if frame is None:
+            continue
+        images.append({"id": task["id"], "file_name": file_name(url_of_image), "width": frame.width,
+                       "height": frame.height})
+        people, problems = group_people(result, served, frame)
+        summary.problems += [f"task {task['id']}: {p}" for p in problems]
+        for person in people:
+            if not person.joints and person.box is None:
                 continue
-            images.append({"id": task["id"], "file_name": file_name(url_of_image), "width": frame.width,
-                           "height": frame.height})
-            people, problems = group_people(result, served, frame)
-            summary.problems += [f"task {task['id']}: {p}" for p in problems]
-            for person in people:
-                if not person.joints and person.box is None:
-                    continue
-                entry = {"image_id": task["id"], "category_id": 1, **person.coco(len(config.keypoint_names))}
-                if source == "annotations":
-                    annotations.append({"id": len(annotations) + 1, **entry})
-                else:
-                    score = person.score if person.score is not None else (chosen or {}).get("score") or 0.0
-                    results.append({**entry, "score": float(score)})
-    finally:
-        loaders.close()
+            entry = {"image_id": task["id"], "category_id": 1, **person.coco(len(config.keypoint_names))}
+            if source == "annotations":
+                annotations.append({"id": len(annotations) + 1, **entry})
+            else:
+                score = person.score if person.score is not None else (chosen or {}).get("score") or 0.0
+                results.append({**entry, "score": float(score)})
     summary.images, summary.people = len(images), len(annotations) + len(results)
     document = results if source == "predictions" else {
         "info": {"description": f"Label Studio project {info.id} ({info.title})"},

@@ -67,8 +67,8 @@ class Origin:
 def parse_http_url(url: object) -> tuple[Origin, str]:
     """(origin, canonical URL) of an http(s) URL; ImageError for anything ambiguous.
 
-    The canonical URL is rebuilt from urllib3's parse, so the host that is checked is the host
-    that is connected to: `http://a:1\\@b:2/` is refused, not read as host `b` by one parser
+    The canonical URL is rebuilt from urllib3's parse and taken to the bytes requests sends, so
+    the URL that is checked is the URL that is requested: `http://a:1\\@b:2/` is refused, not read as host `b` by one parser
     and `a` by another.
     """
     if not isinstance(url, str):
@@ -92,9 +92,34 @@ def parse_http_url(url: object) -> tuple[Origin, str]:
         raise ImageError("image URLs with credentials (user:password@host) are refused")
     if not parts.host:
         raise ImageError(f"the image URL {url[:80]!r} has no host")
+    if parts.port == 0:   # `parts.port or default` below would quietly read it as the default port
+        raise ImageError("the image URL names port 0, which no server listens on")
     origin = Origin(scheme, parts.host.lower(), parts.port or _DEFAULT_PORTS[scheme])
-    canonical = f"{scheme}://{origin.netloc}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
-    return origin, canonical
+    rebuilt = f"{scheme}://{origin.netloc}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+    sent = _as_sent(rebuilt)
+    if sent is None:
+        raise ImageError(f"the image URL {url[:80]!r} has no valid host or port")
+    parts = parse_url(sent)
+    if Origin(parts.scheme or "", (parts.host or "").lower(), parts.port or _DEFAULT_PORTS[scheme]) != origin:
+        raise ImageError("the image URL reads as two different hosts; refusing an address that clients could "
+                         "read differently")
+    return origin, sent
+
+
+def _as_sent(url: str) -> str | None:
+    """The URL requests puts on the wire for `url` (it re-quotes: `%41` -> `A`, `%2E%2E` -> `..`,
+    and a second pass drops the `..`), taken to its fixed point so that checking it and sending
+    it see the same bytes; None when requests cannot send it."""
+    for _ in range(3):
+        prepared = requests.models.PreparedRequest()
+        try:
+            prepared.prepare_url(url, None)
+        except (requests.RequestException, LocationParseError, ValueError):
+            return None
+        if prepared.url == url:
+            return url
+        url = prepared.url
+    return None
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,14 @@ class HostPolicy:
         except ImageError:
             return False
         return (origin.host, origin.port) in self.allowed or (origin.host, None) in self.allowed
+
+    def admit(self, url: object) -> tuple[Origin, str]:
+        """(origin, canonical URL) of a URL the policy permits; ImageError naming the host otherwise."""
+        origin, canonical = parse_http_url(url)
+        if not self.permits(canonical):
+            raise ImageError(f"refusing to fetch an image from {origin.netloc!r}: only the Label Studio host and "
+                             "ALLOWED_IMAGE_HOSTS are allowed")
+        return origin, canonical
 
 
 def _host_entry(entry: str) -> tuple[str, int | None]:
@@ -222,11 +255,7 @@ class GuardedSession(requests.Session):
         kwargs["stream"] = True
         headers = {k: v for k, v in (kwargs.pop("headers", None) or {}).items() if k.lower() != "authorization"}
         for _ in range(self.max_redirects + 1):
-            origin, canonical = parse_http_url(url)
-            if not self.policy.permits(canonical):
-                raise ImageError(
-                    f"refusing to fetch an image from {origin.netloc!r}: only the Label Studio host and "
-                    "ALLOWED_IMAGE_HOSTS are allowed")
+            origin, canonical = self.policy.admit(url)
             hop = dict(headers)
             if self.authorization and origin == self.token_origin:
                 hop["Authorization"] = self.authorization   # the token goes to Label Studio only
@@ -365,12 +394,7 @@ class ImageLoader:
                                  "to be presigned by Label Studio")
             parse_http_url(self.hostname + "/" + url.lstrip("/"))   # the SDK joins them: same rules apply
             return url
-        origin, canonical = parse_http_url(url)
-        if not self.policy.permits(canonical):
-            raise ImageError(
-                f"refusing to fetch an image from {origin.netloc!r}: only the Label Studio host and "
-                "ALLOWED_IMAGE_HOSTS are allowed")
-        return canonical
+        return self.policy.admit(url)[1]
 
     def fetch_bytes(self, url: str, task_id: int | None) -> bytes:
         url = self.check_url(url, task_id)
@@ -406,9 +430,6 @@ class ImageLoader:
 
     def load(self, url: str, task_id: int | None) -> np.ndarray:
         return decode_image(self.fetch_bytes(url, task_id), self.limits.max_pixels)
-
-    def close(self) -> None:
-        """Nothing to release: each download cleans up after itself (kept for callers' `finally`)."""
 
 
 def _http_error_text(exc: requests.HTTPError) -> str:

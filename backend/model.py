@@ -14,6 +14,7 @@ taken, so a slow image server only delays its own request.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import threading
@@ -137,6 +138,16 @@ class TaskRef:
         return cls(id=tid, url=url, key=digest, raw=task)
 
 
+def _refuse_repeats(refs: Sequence[TaskRef]) -> None:
+    """TaskError for a task sent twice in one request: both would be one predictor session."""
+    first: dict[str, int] = {}
+    for i, ref in enumerate(refs):
+        j = first.setdefault(ref.key, i)
+        if j != i:
+            raise TaskError(f"tasks[{i}] repeats tasks[{j}] (task {ref.id!r}, same image): send each task once, "
+                            "not twice in one request")
+
+
 class ClickPoseBackend(LabelStudioMLBase):
     """Label Studio ML backend: pre-annotation and click refinement of human keypoints."""
 
@@ -183,6 +194,7 @@ class ClickPoseBackend(LabelStudioMLBase):
         predictor = engine.predictor
         regions = PersonRegions(served.keypoints, served.box)
         refs = [TaskRef.of(t, served.keypoints.value_key, self.project) for t in tasks]
+        _refuse_repeats(refs)
         started = time.monotonic()
         admitted = engine.admission.admit(len(refs))
         results: list[dict | None] = [None] * len(refs)
@@ -220,7 +232,7 @@ class ClickPoseBackend(LabelStudioMLBase):
                 if not ok:
                     continue
                 keys = [refs[i].key for i in ok]
-                batch = engine.lanes.run_batch(lambda: predictor.predict_batch(keys, images, prefetch=True))
+                batch = engine.lanes.run_batch(functools.partial(predictor.predict_batch, keys, images, prefetch=True))
                 frames = [ImageFrame(width=image.shape[1], height=image.shape[0]) for image in images]
                 del images
             engine.admission.observe(time.monotonic() - t0, len(ok))
@@ -272,31 +284,32 @@ class ClickPoseBackend(LabelStudioMLBase):
         if isinstance(regions_in, list) and len(regions_in) > 4 * self.settings.max_clicks_per_task:
             raise ContextError(f"context.result has {len(regions_in)} regions; at most "
                                f"{4 * self.settings.max_clicks_per_task} are read (4 x MAX_CLICKS_PER_TASK)")
-        for _ in range(2):
-            with ExitStack() as held:
-                image = None
+        with ExitStack() as held:
+            image = None
+            for _ in range(2):
                 if predictor.session(ref.key) is None:
-                    # Downloaded and decoded before any lane is taken: a slow image server or a
-                    # large image delays this request only; the first forward runs beside refinements.
-                    data = loader.fetch_bytes(ref.url, ref.id)
-                    w, h = image_size(data)
-                    held.enter_context(engine.interactive_pixels.hold(w * h))
-                    image = decode_image(data, loader.limits.max_pixels)
-                    del data
+                    if image is None:
+                        # Downloaded and decoded before any lane is taken (once: a retry after an
+                        # eviction reuses it), so a slow image server or a large image delays this
+                        # request only; the first forward runs beside refinements, never inside them.
+                        data = loader.fetch_bytes(ref.url, ref.id)
+                        w, h = image_size(data)
+                        held.enter_context(engine.interactive_pixels.hold(w * h))
+                        image = decode_image(data, loader.limits.max_pixels)
+                        del data
                     with engine.lanes.first_forward():
                         predictor.predict(ref.key, image)
                 with engine.lanes.interactive():
-                    if predictor.session(ref.key) is None and image is not None:
-                        predictor.predict(ref.key, image)   # evicted right after its first forward
                     try:
-                        return self._refine_locked(engine, ref, task, regions_in, served, image)
+                        return self._refine_locked(engine, ref, task, regions_in, served)
                     except SessionNotFound:
-                        pass   # evicted by another task's first forward meanwhile: fetch it again
+                        pass   # evicted by another task's first forward meanwhile: rebuild it outside the lane
         raise ImageError("the task's cached session was evicted twice in a row (more annotators than "
                          "CLICKPOSE_CACHE_SIZE?); retry")
 
     def _refine_locked(self, engine: Engine, ref: "TaskRef", task: dict, regions_in: Any,
-                       served: ServedConfig, image: Any) -> dict:
+                       served: ServedConfig) -> dict:
+        """One feedback round on the cached session; SessionNotFound (never a full forward) on a miss."""
         predictor, store = engine.predictor, engine.clicks
         session = predictor.session(ref.key)
         if session is None:
@@ -314,7 +327,7 @@ class ClickPoseBackend(LabelStudioMLBase):
         state.update(group, points)
         shown_rows = {p.index for p in session.persons if p.score >= served.keypoints.score_threshold}
         clicks = state.assign(session.persons, shown_rows)
-        persons: list[Person] = predictor.refine(ref.key, clicks, image=image, replace=True)
+        persons: list[Person] = predictor.refine(ref.key, clicks, replace=True)
         clicked_rows = {c.person for c in clicks}
         shown = [p for p in persons
                  if p.score >= served.keypoints.score_threshold or p.index in clicked_rows]

@@ -372,8 +372,4 @@ def _infer_and_write(config: PrelabelConfig, project: LabelStudioProject, creden
                        api_key=config.api_key, image_source=source)
         run_chunks(ray_results(tasks, plan), writer, report, config.chunk, progress)
         return
-    loaders = Loaders(source, credentials)
-    try:
-        run_chunks(serial_results(tasks, model, loaders), writer, report, config.chunk, progress)
-    finally:
-        loaders.close()
+    run_chunks(serial_results(tasks, model, Loaders(source, credentials)), writer, report, config.chunk, progress)

@@ -87,10 +87,6 @@ class Lanes:
             return fn()
         return self._batch.submit(start_when_quiet).result()
 
-    @property
-    def interactive_in_flight(self) -> int:
-        return self._interactive_in_flight
-
 
 def _lower_priority() -> None:
     try:

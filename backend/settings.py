@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 if TYPE_CHECKING:
     from .images import ImageSource
@@ -54,14 +52,24 @@ def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
-def _url(env: dict[str, str], name: str) -> str:
-    raw = env.get(name, "").strip().rstrip("/")
-    if raw and urlparse(raw).scheme not in ("http", "https"):
-        raise SettingsError(f"{name} must start with http:// or https://, got {raw!r}")
-    return raw
+def _check_image_hosts(label_studio_url: str, hosts: tuple[str, ...]) -> None:
+    """LABEL_STUDIO_URL and ALLOWED_IMAGE_HOSTS read by the parser downloads use, at start.
 
+    One parser (`backend.images`): what passes here is exactly what the host policy admits later,
+    and a bad value stops the process instead of failing every request.
+    """
+    from .images import HostPolicy, ImageError, parse_http_url  # lazily, and only when set: images imports the SDK
 
-_HOST_ENTRY = re.compile(r"^(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?$")
+    if label_studio_url:
+        try:
+            parse_http_url(label_studio_url)
+        except ImageError as exc:
+            raise SettingsError("LABEL_STUDIO_URL must be an http(s) base URL such as http://label-studio:8080, "
+                                f"without credentials ({exc})") from None
+    try:
+        HostPolicy.build("", hosts)
+    except ImageError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -104,11 +112,11 @@ class Settings:
         if bool(user) != bool(password):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         hosts = tuple(h.strip().lower() for h in env.get("ALLOWED_IMAGE_HOSTS", "").split(",") if h.strip())
-        for host in hosts:
-            if not _HOST_ENTRY.match(host):
-                raise SettingsError(f"ALLOWED_IMAGE_HOSTS entries must be host or host:port, got {host!r}")
+        label_studio_url = env.get("LABEL_STUDIO_URL", "").strip().rstrip("/")
+        if label_studio_url or hosts:
+            _check_image_hosts(label_studio_url, hosts)
         return cls(
-            label_studio_url=_url(env, "LABEL_STUDIO_URL"),
+            label_studio_url=label_studio_url,
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", "").strip(),
             weights=env.get("CLICKPOSE_WEIGHTS", "").strip() or None,
             device=env.get("CLICKPOSE_DEVICE", "cpu").strip() or "cpu",

@@ -52,16 +52,8 @@ class Loaders:
         token = self.credentials.token
         with self._lock:
             if self._loader is None or self._loader.token != token:
-                if self._loader is not None:
-                    self._loader.close()
                 self._loader = ImageLoader(dataclasses.replace(self.source, token=token))
             return self._loader
-
-    def close(self) -> None:
-        with self._lock:
-            if self._loader is not None:
-                self._loader.close()
-                self._loader = None
 
 
 class TaskPredictor:

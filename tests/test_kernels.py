@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from clickpose_core import ClickPoseConfig, build_model
 from clickpose_core.cli import main
 from clickpose_core.commands import bench
 from clickpose_core.interaction import apply_clicks

@@ -1,5 +1,7 @@
 """The security and load findings of issue 8, one test per reproduction (Flask test client and loopback
-servers only). Each failed on the code before the fix."""
+servers only). Each reproduction failed on the code before the fix; a few neighbours that already held
+there are kept beside them as regression tests (`user@host`, a project's own setup, `/webhook []`, a space
+in the path). The tests after "second pass" are the findings of the review of the hardening."""
 from __future__ import annotations
 
 import base64
@@ -17,7 +19,7 @@ from backend.images import ImageError, ImageLoader
 from backend.model import get_predictor
 from backend.settings import Settings
 
-from backend_fixtures import TOKEN, FakeLabelStudio, payload, person_image
+from backend_fixtures import TOKEN, FakeLabelStudio, payload
 
 ENV_KEY = "env-api-key-0123456789abcdef"
 
@@ -479,3 +481,108 @@ def test_a_space_in_the_path_is_sent_encoded_and_in_the_host_refused(fake_ls):
     assert any(path == "/public/a%20b.jpg" for path, _ in fake_ls.requests)
     with pytest.raises(ImageError):
         loader.fetch_bytes("http://127.0.0.1 .evil/public/a.jpg", task_id=1)
+
+
+# -- review of the hardening (second pass) ---------------------------------------------------------
+def test_the_same_task_twice_in_one_request_is_a_400_not_a_500(make_client, fake_ls):
+    client = make_client()
+    connect(client, fake_ls.url)
+    body = payload("04_predict_batch")
+    body["tasks"] = [copy.deepcopy(body["tasks"][0]) for _ in range(2)]     # same id, same image
+    assert_clean_4xx(client.post("/predict", json=body), "twice")
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"ALLOWED_IMAGE_HOSTS": "cdn.example.org:99999"}, "ALLOWED_IMAGE_HOSTS"),
+    ({"LABEL_STUDIO_URL": "http://admin:pw@ls.example.org:8080"}, "LABEL_STUDIO_URL"),
+    ({"LABEL_STUDIO_URL": "http://ls.example.org:8080\\@other.example.org"}, "LABEL_STUDIO_URL"),
+    ({"LABEL_STUDIO_URL": "http://ls.example.org:99999"}, "LABEL_STUDIO_URL"),
+])
+def test_url_settings_are_checked_at_start_by_the_fetch_parser(env, needle):
+    from backend.settings import SettingsError
+    with pytest.raises(SettingsError, match=needle):
+        Settings.from_env(env)
+
+
+def test_port_zero_is_refused_not_read_as_the_default_port():
+    from backend.images import parse_http_url
+    with pytest.raises(ImageError, match="port"):
+        parse_http_url("http://127.0.0.1:0/x.jpg")
+
+
+def test_a_url_password_holding_an_at_sign_is_redacted_whole():
+    from backend.app import Redactor
+    text = Redactor().clean("Resolving url using hostname [http://admin:hunter@2x@ls:8080]: /data/x")
+    assert "hunter" not in text and "2x" not in text and "ls:8080" in text
+
+
+def test_a_session_evicted_before_the_interactive_lane_is_rebuilt_outside_it(make_client, fake_ls, monkeypatch):
+    """Another annotator's first forward can evict a task's fresh session before its refinement takes
+    the lane; the full forward that rebuilds it must not run inside the interactive lane."""
+    from backend.model import get_engine
+
+    client = make_client()
+    connect(client, fake_ls.url)
+    engine = get_engine(client.application.config["clickpose_settings"])
+    predictor = engine.predictor
+    original = predictor.predict
+    under_lane, evicted = [], []
+
+    def predict_then_evict_once(key, image):
+        under_lane.append(engine.lanes._interactive.locked())
+        persons = original(key, image)
+        if not evicted:
+            evicted.append(key)
+            predictor.forget(key)          # as if cache_size other first forwards had just run
+        return persons
+    monkeypatch.setattr(predictor, "predict", predict_then_evict_once)
+    cold = payload("21_browser_A")
+    cold["tasks"][0]["id"] = 461
+    before = len(fake_ls.requests)
+    r = client.post("/predict", json=cold)
+    assert r.status_code == 200, r.get_json()
+    assert evicted and under_lane == [False, False], "a full forward ran while holding the interactive lane"
+    downloads = [path for path, _ in fake_ls.requests[before:] if path.startswith("/data/upload/")]
+    assert len(downloads) == 1, "the image was downloaded again instead of reused"
+
+
+def test_a_chunked_body_without_content_length_is_capped_too():
+    """gunicorn (and Werkzeug's server) pass a chunked body through uncapped: MAX_REQUEST_BYTES must
+    hold without a Content-Length header as well, not only in front of it."""
+    import requests
+    from werkzeug.serving import make_server
+
+    app = create_app(Settings(max_request_bytes=4096), load_model=False)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def chunks():                    # 2 MB in 20 chunks, no Content-Length: Transfer-Encoding: chunked
+        yield b'{"action": "'
+        for _ in range(20):
+            yield b"x" * 100_000
+        yield b'"}'
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/webhook"
+        r = requests.post(url, data=chunks(), headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 413 and "MAX_REQUEST_BYTES" in r.json()["error"], (r.status_code, r.text[:200])
+        small = requests.post(url, data=iter([b'{"action": ', b'"ANNOTATION_CREATED"}']),
+                              headers={"Content-Type": "application/json"}, timeout=30)
+        assert small.status_code == 200 and small.json()["action"] == "ANNOTATION_CREATED"
+    finally:
+        server.shutdown()
+        thread.join(10)
+
+
+def test_the_url_checked_is_byte_for_byte_the_url_sent(fake_ls):
+    """requests re-quotes what it is given (`%2E` -> `.`, `%41` -> `A`): the canonical URL is the one it sends."""
+    from urllib.parse import urlsplit
+
+    host = fake_ls.url.split("//")[1]
+    loader = ImageLoader(Settings(allowed_hosts=(host,)).image_source(hostname=fake_ls.url, access_token=TOKEN))
+    url = fake_ls.url + "/public/%61%2E/../%41.jpg?x=%7E"
+    canonical = loader.check_url(url)
+    before = len(fake_ls.requests)
+    loader.fetch_bytes(url, task_id=1)
+    split = urlsplit(canonical)
+    assert fake_ls.requests[before][0] == f"{split.path}?{split.query}", (canonical, fake_ls.requests[before:])

@@ -265,7 +265,6 @@ def test_image_loaders_follow_the_renewed_access_token():
     tokens.token = "access-2"
     second = loaders.current()
     assert second is not first and second.token == "access-2" and second.hostname == "http://127.0.0.1:1"
-    loaders.close()
 
 
 def test_precision_flag_reaches_the_run_config(monkeypatch):
