@@ -243,8 +243,11 @@ class ClickPoseBackend(LabelStudioMLBase):
         if done < len(refs):
             note = self._deferred_note(len(refs), done)
             logger.warning("%s", note)
+            # The full note once (Label Studio logs every skipped item), a short one after it, so
+            # that a huge selection does not make a reply of hundreds of bytes per deferred task.
+            short = f"deferred, see task {refs[done].id}: `{PRELABEL_HINT} --project {self.project or '<id>'}`"
             for i in range(done, len(refs)):
-                results[i] = {"error": note}
+                results[i] = {"error": note if i == done else short}
         # Label Studio needs one item per task in task order. An item without "result" is skipped
         # by Label Studio (it logs the item): that task stays without a prediction, so the next
         # Retrieve Predictions or `clickpose-ls prelabel` picks it up.

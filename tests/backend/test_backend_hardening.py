@@ -299,7 +299,10 @@ def test_oversized_batch_predicts_what_fits_and_names_the_batch_tool(make_client
     assert all(len(x["result"]) == 90 for x in results[:2])
     for item in results[2:]:
         assert "result" not in item, "Label Studio would store it and then skip the task"
-        assert "clickpose-ls prelabel" in item["error"] and "5 tasks" in item["error"]
+        assert "clickpose-ls prelabel" in item["error"]
+    assert "5 tasks" in results[2]["error"], "the first deferred item says why"
+    assert all(len(x["error"]) < 100 and "task 702" in x["error"] for x in results[3:]), \
+        "the others point at it: a huge selection must not make a huge reply"
 
 
 def test_batch_stops_when_the_time_budget_is_spent(make_client, fake_ls):
