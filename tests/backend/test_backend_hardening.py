@@ -40,6 +40,23 @@ def other_server():
     server.close()
 
 
+def assert_refinement_runs_during(client, blocking: dict, warm: dict, in_forward: threading.Event,
+                                  release: threading.Event, why: str) -> None:
+    """Post `blocking` (its forward waits on `release`), then `warm`: the refinement must answer meanwhile."""
+    t = threading.Thread(target=lambda: client.post("/predict", json=blocking), daemon=True)
+    t.start()
+    try:
+        assert in_forward.wait(20)
+        done = {}
+        u = threading.Thread(target=lambda: done.setdefault("r", client.post("/predict", json=warm)), daemon=True)
+        u.start()
+        u.join(20)
+        assert "r" in done and done["r"].status_code == 200, why
+    finally:
+        release.set()
+        t.join(30)
+
+
 def connect(client, ls_url: str, project: str = "1.1700000000", token: str = TOKEN):
     body = payload("02_setup")
     body["hostname"], body["access_token"], body["project"] = ls_url, token, project
@@ -154,19 +171,8 @@ def test_refinement_does_not_wait_for_a_running_pre_annotation(make_client, fake
             release.wait(30)
         return original(keys, images, prefetch=prefetch)
     monkeypatch.setattr(predictor, "predict_batch", slow_batch)
-    batch = payload("04_predict_batch")
-    t = threading.Thread(target=lambda: client.post("/predict", json=batch), daemon=True)
-    t.start()
-    try:
-        assert in_forward.wait(20)
-        done = {}
-        u = threading.Thread(target=lambda: done.setdefault("r", client.post("/predict", json=warm)), daemon=True)
-        u.start()
-        u.join(20)
-        assert "r" in done and done["r"].status_code == 200, "the refinement waited for the pre-annotation forward"
-    finally:
-        release.set()
-        t.join(30)
+    assert_refinement_runs_during(client, payload("04_predict_batch"), warm, in_forward, release,
+                                  "the refinement waited for the pre-annotation forward")
 
 
 def test_pre_annotation_does_not_evict_annotators_sessions(make_client, fake_ls):
@@ -452,18 +458,8 @@ def test_refinement_does_not_wait_for_another_annotators_first_forward(make_clie
     monkeypatch.setattr(predictor, "predict", slow_first)
     cold = payload("21_browser_A")
     cold["tasks"][0]["id"] = 452                        # another task, never seen: its first call
-    t = threading.Thread(target=lambda: client.post("/predict", json=cold), daemon=True)
-    t.start()
-    try:
-        assert in_forward.wait(20)
-        done = {}
-        u = threading.Thread(target=lambda: done.setdefault("r", client.post("/predict", json=warm)), daemon=True)
-        u.start()
-        u.join(20)
-        assert "r" in done and done["r"].status_code == 200, "the refinement waited for another task's first forward"
-    finally:
-        release.set()
-        t.join(30)
+    assert_refinement_runs_during(client, cold, warm, in_forward, release,
+                                  "the refinement waited for another task's first forward")
 
 
 def test_tracebacks_in_the_log_are_redacted_too(caplog):
