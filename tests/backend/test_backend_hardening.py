@@ -40,6 +40,16 @@ def other_server():
     server.close()
 
 
+def warm_session(make_client, fake_ls, task_id: int):
+    """A connected client whose task `task_id` has had its first interactive call (its session is warm)."""
+    client = make_client()
+    connect(client, fake_ls.url)
+    warm = payload("21_browser_A")
+    warm["tasks"][0]["id"] = task_id
+    assert client.post("/predict", json=warm).status_code == 200
+    return client, warm, get_predictor(client.application.config["clickpose_settings"])
+
+
 def assert_refinement_runs_during(client, blocking: dict, warm: dict, in_forward: threading.Event,
                                   release: threading.Event, why: str) -> None:
     """Post `blocking` (its forward waits on `release`), then `warm`: the refinement must answer meanwhile."""
@@ -156,12 +166,7 @@ def test_thousands_of_smart_points_are_refused_with_a_message(make_client, fake_
 
 # -- 5. interactive first ------------------------------------------------------------------------
 def test_refinement_does_not_wait_for_a_running_pre_annotation(make_client, fake_ls, monkeypatch):
-    client = make_client()
-    connect(client, fake_ls.url)
-    warm = payload("21_browser_A")
-    warm["tasks"][0]["id"] = 401
-    assert client.post("/predict", json=warm).status_code == 200
-    predictor = get_predictor(client.application.config["clickpose_settings"])
+    client, warm, predictor = warm_session(make_client, fake_ls, task_id=401)
     in_forward, release = threading.Event(), threading.Event()
     original = predictor.predict_batch
 
@@ -442,12 +447,7 @@ def test_batch_forwards_run_on_one_lower_priority_thread():
 
 
 def test_refinement_does_not_wait_for_another_annotators_first_forward(make_client, fake_ls, monkeypatch):
-    client = make_client()
-    connect(client, fake_ls.url)
-    warm = payload("21_browser_A")
-    warm["tasks"][0]["id"] = 451
-    assert client.post("/predict", json=warm).status_code == 200
-    predictor = get_predictor(client.application.config["clickpose_settings"])
+    client, warm, predictor = warm_session(make_client, fake_ls, task_id=451)
     in_forward, release = threading.Event(), threading.Event()
     original = predictor.predict
 
