@@ -19,12 +19,12 @@ def synth(tmp_path_factory):
     return str(out / "images"), str(out / "annotations.json")
 
 
-def make_trainer(synth, run_dir, steps, init_seed=0, **kw):
+def make_trainer(synth, run_dir, steps, init_seed=0, world=None, **kw):
     cfg = ClickPoseConfig.tiny()
     torch.manual_seed(init_seed)
     ds = CocoKeypoints(*synth, cfg, train=True, seed=0)
     tcfg = TrainConfig(steps=steps, batch_size=2, checkpoint_every=2, log_every=1, **kw)
-    return Trainer(build_model(cfg), ds, tcfg, str(run_dir))
+    return Trainer(build_model(cfg), ds, tcfg, str(run_dir), **({"world": world} if world else {}))
 
 
 def batch_loss(trainer, batch, seed=123):

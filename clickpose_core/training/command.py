@@ -7,11 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -20,6 +21,7 @@ from ..checkpoint import build_from_checkpoint, load_checkpoint, read_checkpoint
 from ..config import ClickPoseConfig
 from ..model.clickpose import build_model
 from .data import CocoKeypoints
+from .distributed import World, run_processes
 from .engine import TrainConfig, Trainer
 
 PRESETS = {"r50": ClickPoseConfig.r50, "small": ClickPoseConfig.small, "tiny": ClickPoseConfig.tiny}
@@ -52,11 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (per process)")
+    parser.add_argument("--processes", type=int, default=d.processes,
+                        help="data-parallel training processes on this machine, each with --batch-size images "
+                             "of every step (default 1; with --resume: the run's own)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
                         help="bfloat16: forward and losses under bf16 autocast, where the CPU has native bf16 "
                              "(avx512_bf16/AMX) or on CUDA (else float32 with a warning); default float32")
+    parser.add_argument("--heatmap-weight", type=float, default=d.heatmap_weight,
+                        help="weight of the dense joint/centre heatmap objective for training from scratch "
+                             "(docs/training.md); 0 (default) is the official recipe")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop after this many minutes of training in this session (saved; --resume continues)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 
@@ -67,7 +77,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        warmup_steps=args.warmup_steps, lr_drop_step=args.lr_drop_step,
                        pin_clicks=not args.official_unpinned, seed=args.seed,
                        checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers,
-                       precision=args.precision)
+                       precision=args.precision, heatmap_weight=args.heatmap_weight, processes=args.processes)
 
 
 def export(resume: str, path: str, licence: str | None = None) -> int:
@@ -76,6 +86,49 @@ def export(resume: str, path: str, licence: str | None = None) -> int:
     save_checkpoint(path, model, {**ckpt.meta, **({"licence": licence} if licence else {})})
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, step {ckpt.meta.get('step')})")
     return 0
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything one training process needs (picklable: it is sent to each process)."""
+    model_config: ClickPoseConfig
+    train_config: TrainConfig
+    images: str
+    annotations: str
+    out: str
+    device: str
+    resume: str | None
+    init: str | None
+    threads: int | None
+    progress: bool
+    minutes: float | None
+    meta: dict
+
+
+def train_process(job: TrainJob, world: World) -> None:
+    """Build the model, data and trainer of one process and train (rank 0 reports)."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    tcfg = job.train_config
+    torch.manual_seed(tcfg.seed)
+    model = build_model(job.model_config)
+    if job.init:
+        load_checkpoint(model, job.init)
+    dataset = CocoKeypoints(job.images, job.annotations, job.model_config, train=True, seed=tcfg.seed)
+    trainer = Trainer(model, dataset, tcfg, job.out, device=job.device, meta=job.meta, world=world)
+    if job.resume:
+        trainer.resume(job.resume)
+        if world.is_main:
+            print(f"resumed {job.resume} at step {trainer.step} of {tcfg.steps}")
+    trainer.fit(progress=job.progress, minutes=job.minutes)
+    if not world.is_main:
+        return
+    if trainer.step < tcfg.steps:
+        print(f"stopped after {job.minutes} min at step {trainer.step} of {tcfg.steps}; "
+              f"continue with --resume {os.path.join(job.out, 'last.pth')}")
+    else:
+        print(f"done: {trainer.step} steps in {trainer.elapsed / 60:.1f} min; "
+              f"weights in {os.path.join(job.out, 'final.pth')}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,21 +163,13 @@ def run(args: argparse.Namespace) -> int:
                 "preset": None if args.init else args.preset, "init": args.init, "host": platform.node(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "licence": args.licence}
 
-    torch.manual_seed(tcfg.seed)
-    model = build_model(cfg)
-    if args.init and not args.resume:
-        load_checkpoint(model, args.init)
-    dataset = CocoKeypoints(images, annotations, cfg, train=True, seed=tcfg.seed)
-    trainer = Trainer(model, dataset, tcfg, out, device=args.device, meta={
-        k: meta[k] for k in ("images", "annotations", "preset", "init", "host", "started", "licence")
-        if meta.get(k) is not None})
-    if args.resume:
-        trainer.resume(args.resume)
-        print(f"resumed {args.resume} at step {trainer.step} of {tcfg.steps}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
-        json.dump({"model": cfg.to_dict(), "train": asdict(tcfg), "images": images, "annotations": annotations,
-                   "images_count": len(dataset)}, f, indent=1)
-    trainer.fit(progress=not args.no_progress)
-    print(f"done: {trainer.step} steps in {trainer.elapsed / 60:.1f} min; weights in {os.path.join(out, 'final.pth')}")
+        json.dump({"model": cfg.to_dict(), "train": asdict(tcfg), "images": images, "annotations": annotations},
+                  f, indent=1)
+    job = TrainJob(cfg, tcfg, images, annotations, out, args.device, args.resume,
+                   None if args.resume else args.init, args.threads, not args.no_progress, args.minutes,
+                   {k: meta[k] for k in ("images", "annotations", "preset", "init", "host", "started", "licence")
+                    if meta.get(k) is not None})
+    run_processes(tcfg.processes, functools.partial(train_process, job))
     return 0

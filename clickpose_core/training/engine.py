@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -19,6 +19,8 @@ from ..checkpoint import FORMAT, save_checkpoint
 from ..model.clickpose import ClickPose
 from ..model.kernels import Kernels
 from .data import CocoKeypoints, collate
+from .dense import DenseKeypointHead, dense_loss
+from .distributed import World
 from .denoising import DenoisingSettings, make_denoising_queries
 from .feedback import simulate_feedback
 from .losses import LossWeights, SetCriterion
@@ -43,6 +45,8 @@ class TrainConfig:
     log_every: int = 10
     workers: int = 0
     precision: str = "float32"       # "bfloat16": forward and loss under bf16 autocast (where native)
+    heatmap_weight: float = 0.0      # > 0: add the dense joint/centre heatmap objective (dense.py)
+    processes: int = 1               # data-parallel processes; each takes batch_size images of a step
 
     def lr_factor(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
@@ -55,17 +59,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def param_groups(model: ClickPose, cfg: TrainConfig) -> list[dict[str, Any]]:
-    """The official split: backbone parameters get lr_backbone, the rest lr."""
+def param_groups(model: ClickPose, cfg: TrainConfig, extra: nn.Module | None = None) -> list[dict[str, Any]]:
+    """The official split: backbone parameters get lr_backbone, the rest lr; `extra` (a training-only
+    head) is a third group at lr."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": cfg.lr, "base_lr": cfg.lr},
-            {"params": [p for n, p in named if n.startswith("backbone.")], "lr": cfg.lr_backbone,
-             "base_lr": cfg.lr_backbone}]
+    groups = [{"params": [p for n, p in named if not n.startswith("backbone.")], "lr": cfg.lr, "base_lr": cfg.lr},
+              {"params": [p for n, p in named if n.startswith("backbone.")], "lr": cfg.lr_backbone,
+               "base_lr": cfg.lr_backbone}]
+    if extra is not None:
+        groups.append({"params": list(extra.parameters()), "lr": cfg.lr, "base_lr": cfg.lr})
+    return groups
 
 
 def compute_losses(model: ClickPose, criterion: SetCriterion, images: Tensor, masks: Tensor,
-                   targets: list[dict[str, Tensor]], generator: torch.Generator, pin_clicks: bool = True
-                   ) -> dict[str, Tensor]:
+                   targets: list[dict[str, Tensor]], generator: torch.Generator, pin_clicks: bool = True,
+                   dense_head: DenseKeypointHead | None = None) -> dict[str, Tensor]:
     """All loss terms of one batch (unweighted, by name; `criterion.total` weights them)."""
     cfg = model.config
     mem = model.encode(images, masks)
@@ -74,7 +82,10 @@ def compute_losses(model: ClickPose, criterion: SetCriterion, images: Tensor, ma
         dn, dn_targets = make_denoising_queries(model, targets, DenoisingSettings.from_config(cfg), generator)
     outputs = model.decode(mem, dn=dn, with_aux=True)
     feedback = simulate_feedback(model, mem, outputs, targets, criterion.matcher, generator, pin=pin_clicks)
-    return criterion(outputs, targets, cfg.num_box_decoder_layers, dn_targets, feedback)
+    losses = criterion(outputs, targets, cfg.num_box_decoder_layers, dn_targets, feedback)
+    if dense_head is not None:
+        losses["loss_heatmap/hm"] = dense_loss(dense_head, mem, targets)
+    return losses
 
 
 def summarise(losses: dict[str, Tensor], criterion: SetCriterion, last_layer: int) -> dict[str, float]:
@@ -83,6 +94,8 @@ def summarise(losses: dict[str, Tensor], criterion: SetCriterion, last_layer: in
     out = {"loss": float(sum(w(n) * v.item() for n, v in losses.items()))}
     parts = {"main": lambda n: n.startswith("loss_") and "/d" in n, "feedback": lambda n: "/r" in n,
              "enc": lambda n: n.endswith("/enc"), "dn": lambda n: n.startswith("dn_")}
+    if any(n.endswith("/hm") for n in losses):
+        parts["heatmap"] = lambda n: n.endswith("/hm")
     for part, pick in parts.items():
         out[part] = float(sum(w(n) * v.item() for n, v in losses.items() if pick(n)))
     last_fb = max((int(n.split("/r")[1]) for n in losses if "/r" in n), default=None)
@@ -99,26 +112,40 @@ class Trainer:
     """Owns the model, optimizer, data order and random state of one run directory.
 
     run_dir gets `last.pth` (resumable), `step_<n>.pth` snapshots, `final.pth` (weights only) and
-    `log.jsonl` (one line of losses per log_every steps).
+    `log.jsonl` (one line of losses per log_every steps). With several processes (`world`), each one
+    has a Trainer; they train on disjoint parts of every step's batch, average their gradients, and
+    only rank 0 writes files.
     """
 
     def __init__(self, model: ClickPose, dataset: CocoKeypoints, cfg: TrainConfig, run_dir: str,
-                 device: str | torch.device = "cpu", meta: dict[str, Any] | None = None):
+                 device: str | torch.device = "cpu", meta: dict[str, Any] | None = None,
+                 world: World = World()):
+        if world.size != cfg.processes:
+            raise ValueError(f"the run is configured for {cfg.processes} processes but {world.size} are running")
+        self.world = world
         self.model = model.to(device)
         self.dataset, self.cfg, self.run_dir, self.device = dataset, cfg, run_dir, torch.device(device)
         self.meta = dict(meta or {})
-        self.criterion = SetCriterion(HungarianMatcher(model.config.sigmas), model.config.num_classes, LossWeights())
-        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.criterion = SetCriterion(HungarianMatcher(model.config.sigmas), model.config.num_classes,
+                                      LossWeights(heatmap=cfg.heatmap_weight))
+        self.dense_head = DenseKeypointHead(model.config.hidden_dim, model.config.num_keypoints).to(device) \
+            if cfg.heatmap_weight > 0 else None
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg, self.dense_head), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        # Rank 0 draws what a one-process run draws; the others their own streams.
+        self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * world.rank)
         self.step = 0
         self.elapsed = 0.0            # training seconds over all sessions of this run
         self.autocast = Kernels.select(self.device, cfg.precision).precision == "bfloat16"
-        if len(dataset) < cfg.batch_size:
-            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one batch of {cfg.batch_size}")
+        if len(dataset) < cfg.batch_size * world.size:
+            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one step's "
+                             f"{cfg.batch_size} x {world.size} processes")
 
     # ---- one step --------------------------------------------------------------------------
     def train_step(self, images: Tensor, masks: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, float]:
         self.model.train()
+        if self.dense_head is not None:
+            self.dense_head.train()
         factor = self.cfg.lr_factor(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
@@ -126,49 +153,64 @@ class Trainer:
         targets = [{k: v.to(dev) for k, v in t.items()} for t in targets]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
             losses = compute_losses(self.model, self.criterion, images.to(dev), masks.to(dev), targets,
-                                    self.generator, self.cfg.pin_clicks)
+                                    self.generator, self.cfg.pin_clicks, self.dense_head)
         total = self.criterion.total(losses)
         if not math.isfinite(total.item()):
             raise FloatingPointError(f"loss is {total.item()} at step {self.step}: "
                                      + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_max_norm) \
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.world.average_gradients(params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_max_norm) \
             if self.cfg.clip_max_norm > 0 else torch.tensor(0.0)
         self.optimizer.step()
         self.step += 1
-        out = summarise(losses, self.criterion, self.model.config.dec_layers - 1)
+        out = self.world.mean(summarise(losses, self.criterion, self.model.config.dec_layers - 1))
         out["grad_norm"] = float(grad_norm)
         out["lr"] = self.cfg.lr * factor
         return out
 
     # ---- data order ------------------------------------------------------------------------
     def batches(self) -> Iterator[tuple[Tensor, Tensor, list[dict[str, Tensor]]]]:
-        """Batches from the current step on; epoch e uses a permutation seeded by (seed, e)."""
-        per_epoch = len(self.dataset) // self.cfg.batch_size
+        """Batches from the current step on; epoch e uses a permutation seeded by (seed, e). A step
+        takes batch_size x processes images of it; this process the rank-th batch_size of them."""
+        bs, step_size = self.cfg.batch_size, self.cfg.batch_size * self.world.size
+        per_epoch = len(self.dataset) // step_size
         while True:
             epoch, offset = divmod(self.step, per_epoch)
             order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
                 self.cfg.seed * 100_003 + epoch)).tolist()
-            chunks = [order[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
-                      for i in range(offset, per_epoch)]
+            start = self.world.rank * bs
+            chunks = [order[i * step_size + start:i * step_size + start + bs] for i in range(offset, per_epoch)]
             self.dataset.set_epoch(epoch)
             loader = DataLoader(self.dataset, batch_sampler=chunks, collate_fn=collate,
                                 num_workers=self.cfg.workers)
             yield from loader
 
     # ---- the loop --------------------------------------------------------------------------
-    def fit(self, progress: bool = True) -> None:
-        os.makedirs(self.run_dir, exist_ok=True)
+    def fit(self, progress: bool = True, minutes: float | None = None) -> None:
+        """Train to cfg.steps; with `minutes`, stop earlier once this session has trained that long
+        (saving last.pth, so `resume` continues from there)."""
+        deadline = time.perf_counter() + 60 * minutes if minutes else math.inf
+        main = self.world.is_main
         log_path = os.path.join(self.run_dir, "log.jsonl")
         window: list[dict[str, float]] = []
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (progress and main), desc="train",
+                   dynamic_ncols=True)
         started = time.perf_counter() - self.elapsed
-        _drop_log_after(log_path, self.step)
-        with open(log_path, "a") as log:
+        if main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            _drop_log_after(log_path, self.step)
+        with open(log_path if main else os.devnull, "a") as log:
             for images, masks, targets in self.batches():
                 if self.step >= self.cfg.steps:
                     break
+                if self.world.any(time.perf_counter() >= deadline):
+                    self.save(os.path.join(self.run_dir, "last.pth"))
+                    self.save(os.path.join(self.run_dir, f"step_{self.step:06d}.pth"), optimizer=False)
+                    bar.close()
+                    return
                 window.append(self.train_step(images, masks, targets))
                 self.elapsed = time.perf_counter() - started
                 bar.update(1)
@@ -183,7 +225,8 @@ class Trainer:
                     self.save(os.path.join(self.run_dir, "last.pth"))
                     self.save(os.path.join(self.run_dir, f"step_{self.step:06d}.pth"), optimizer=False)
         bar.close()
-        save_checkpoint(os.path.join(self.run_dir, "final.pth"), self.model, self.weights_meta())
+        if main:
+            save_checkpoint(os.path.join(self.run_dir, "final.pth"), self.model, self.weights_meta())
 
     # ---- checkpoints -----------------------------------------------------------------------
     def weights_meta(self) -> dict[str, Any]:
@@ -191,18 +234,26 @@ class Trainer:
                 "train_config": asdict(self.cfg)}
 
     def save(self, path: str, optimizer: bool = True) -> None:
-        """A `save_checkpoint`-format file; with optimizer=True also the state `resume` needs."""
+        """A `save_checkpoint`-format file; with optimizer=True also the state `resume` needs (then
+        every process must call it: the random states of all of them are gathered)."""
         if not optimizer:
-            save_checkpoint(path, self.model, self.weights_meta())
+            if self.world.is_main:
+                save_checkpoint(path, self.model, self.weights_meta())
+            return
+        generators = self.world.gather(self.generator.get_state())
+        torch_rngs = self.world.gather(torch.get_rng_state())
+        if not self.world.is_main:
             return
         payload = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "config": self.model.config.to_dict(),
             "meta": {"format": FORMAT, "torch": str(torch.__version__), **self.weights_meta()},
             "optimizer": self.optimizer.state_dict(),
-            "trainer": {"step": self.step, "elapsed": self.elapsed, "generator": self.generator.get_state(),
-                        "torch_rng": torch.get_rng_state()},
+            "trainer": {"step": self.step, "elapsed": self.elapsed, "generator": generators[0],
+                        "torch_rng": torch_rngs[0], "generators": generators, "torch_rngs": torch_rngs},
         }
+        if self.dense_head is not None:
+            payload["dense_head"] = self.dense_head.state_dict()
         tmp = path + ".tmp"
         torch.save(payload, tmp)
         os.replace(tmp, path)    # a crash mid-write never leaves a broken last.pth
@@ -213,14 +264,21 @@ class Trainer:
         if "trainer" not in state or "optimizer" not in state:
             raise ValueError(f"{path} holds weights only; resume needs a training checkpoint (last.pth)")
         self.model.load_state_dict(state["model"])
+        if self.dense_head is not None:
+            if "dense_head" not in state:
+                raise ValueError(f"{path} was trained without the heatmap objective; it cannot be resumed with it")
+            self.dense_head.load_state_dict(state["dense_head"])
         self.optimizer.load_state_dict(state["optimizer"])
         # The run's TrainConfig decides the learning rates (a resume may change them on purpose).
         for group, base in zip(self.optimizer.param_groups, (self.cfg.lr, self.cfg.lr_backbone)):
             group["base_lr"] = base
         t = state["trainer"]
+        generators, torch_rngs = t.get("generators", [t["generator"]]), t.get("torch_rngs", [t["torch_rng"]])
+        if len(generators) != self.world.size:
+            raise ValueError(f"{path} was saved by {len(generators)} training processes; resume it with as many")
         self.step, self.elapsed = int(t["step"]), float(t["elapsed"])
-        self.generator.set_state(t["generator"])
-        torch.set_rng_state(t["torch_rng"])
+        self.generator.set_state(generators[self.world.rank])
+        torch.set_rng_state(torch_rngs[self.world.rank])
 
 
 def _drop_log_after(log_path: str, step: int) -> None:

@@ -32,6 +32,7 @@ class LossWeights:
     dn_giou: float = 1.0
     dn_keypoints: float = 5.0
     interm: float = 1.0          # multiplies the encoder-proposal terms
+    heatmap: float = 0.0         # the dense auxiliary objective (training/dense.py); off in the official recipe
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 

@@ -1,0 +1,98 @@
+"""Data-parallel training over several processes on one machine (`clickpose train --processes N`).
+
+The small network's operations are too small to split across threads (a second thread makes a step
+only a few percent faster), but independent processes scale with cores: each process trains on its
+share of every global batch and the gradients are averaged (gloo all-reduce over loopback) before
+the optimizer step, so every process holds the same weights after every step. `ClickPose` is used
+through `encode`/`decode`/`refine`, not `forward`, so gradients are averaged here by hand rather
+than by `DistributedDataParallel`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes (rank 0 logs and writes checkpoints)."""
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, params: list[Tensor]) -> None:
+        """Replace every gradient by its mean over the processes (missing gradients count as zero)."""
+        if self.size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean of each logged value over the processes (every process passes the same keys)."""
+        if self.size == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: float(v) / self.size for k, v in zip(keys, t)}
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when it is True on at least one (a shared decision to stop)."""
+        if self.size == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's `obj`, in rank order, on every process."""
+        if self.size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(size: int, fn: Callable[[World], None]) -> None:
+    """Run fn(World(rank, size)) in `size` processes joined by a gloo group on 127.0.0.1.
+
+    fn must be picklable (a module-level function or a functools.partial of one)."""
+    if size < 1:
+        raise ValueError(f"the number of processes must be at least 1, not {size}")
+    if size == 1:
+        fn(World())
+        return
+    import torch.multiprocessing as mp
+    port = free_loopback_port()
+    mp.start_processes(_entry, args=(size, port, fn), nprocs=size, start_method="spawn")
+
+
+def _entry(rank: int, size: int, port: int, fn: Callable[[World], None]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        fn(World(rank, size))
+    finally:
+        dist.destroy_process_group()

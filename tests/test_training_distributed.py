@@ -1,0 +1,64 @@
+"""Data-parallel training (`--processes`): disjoint shares of each batch, identical weights on every
+process after every step, exact resume."""
+import functools
+import json
+
+import pytest
+import torch
+
+from clickpose_core.checkpoint import read_checkpoint
+from clickpose_core.cli import main
+from clickpose_core.training.distributed import World, run_processes
+from clickpose_core.training.engine import TrainConfig
+
+from .test_training_engine import make_trainer, synth  # noqa: F401  (the shared synthetic fixture)
+
+
+def _two_steps(synth_paths, run_dir, out_file, world: World) -> None:
+    trainer = make_trainer(synth_paths, run_dir, steps=2, processes=2, world=world)
+    ids = [int(t["image_id"]) for _, _, targets in [next(trainer.batches())] for t in targets]
+    trainer.fit(progress=False)
+    checksum = float(sum(p.double().sum() for p in trainer.model.parameters()))
+    report = {"ids": world.gather(ids), "checksums": world.gather(checksum)}
+    if world.is_main:
+        with open(out_file, "w") as f:
+            json.dump(report, f)
+
+
+def test_processes_train_on_disjoint_images_and_hold_the_same_weights(synth, tmp_path):  # noqa: F811
+    out = tmp_path / "report.json"
+    run_processes(2, functools.partial(_two_steps, synth, str(tmp_path / "run"), str(out)))
+    report = json.loads(out.read_text())
+    ids_0, ids_1 = report["ids"]
+    assert len(ids_0) == len(ids_1) == 2 and not set(ids_0) & set(ids_1)
+    c0, c1 = report["checksums"]
+    assert c0 == c1
+    assert read_checkpoint(str(tmp_path / "run" / "last.pth")).meta["step"] == 2
+
+
+def test_two_process_run_resumes_exactly(synth, tmp_path):  # noqa: F811
+    images, annotations = synth
+    common = ["--preset", "tiny", "--batch-size", "1", "--processes", "2", "--threads", "1", "--checkpoint-every", "2",
+              "--log-every", "1", "--no-progress", "--images", images, "--annotations", annotations]
+    assert main(["train", *common, "--out", str(tmp_path / "a"), "--steps", "4"]) == 0
+    assert main(["train", *common, "--out", str(tmp_path / "b"), "--steps", "2"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "b" / "last.pth"), "--steps", "4", "--threads", "1",
+                 "--no-progress"]) == 0
+    a, b = (read_checkpoint(str(tmp_path / r / "last.pth")) for r in "ab")
+    assert a.meta["step"] == b.meta["step"] == 4 and a.meta["train_config"]["processes"] == 2
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    logs = [[json.loads(x)["loss"] for x in open(tmp_path / r / "log.jsonl")] for r in "ab"]
+    assert logs[0] == logs[1] and len(logs[0]) == 4
+    state = torch.load(tmp_path / "b" / "last.pth", weights_only=True)
+    assert len(state["trainer"]["generators"]) == 2
+
+
+def test_world_size_must_match_the_run(synth, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="configured for 2 processes but 1"):
+        make_trainer(synth, tmp_path, steps=1, processes=2)
+    trainer = make_trainer(synth, tmp_path, steps=1)
+    trainer.save(str(tmp_path / "one.pth"))
+    two = TrainConfig(steps=1, batch_size=1, processes=2)
+    assert two.processes == 2
+    with pytest.raises(ValueError, match="processes"):
+        run_processes(0, print)
