@@ -55,9 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-every", type=int, default=d.log_every)
     parser.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (per process)")
-    parser.add_argument("--processes", type=int, default=d.processes,
+    parser.add_argument("--processes", type=int, default=None,
                         help="data-parallel training processes on this machine, each with --batch-size images "
-                             "of every step (default 1; with --resume: the run's own)")
+                             f"of every step (default {d.processes}; with --resume: the run's own, or a new count)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
                         help="bfloat16: forward and losses under bf16 autocast, where the CPU has native bf16 "
@@ -77,7 +77,8 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        warmup_steps=args.warmup_steps, lr_drop_step=args.lr_drop_step,
                        pin_clicks=not args.official_unpinned, seed=args.seed,
                        checkpoint_every=args.checkpoint_every, log_every=args.log_every, workers=args.workers,
-                       precision=args.precision, heatmap_weight=args.heatmap_weight, processes=args.processes)
+                       precision=args.precision, heatmap_weight=args.heatmap_weight,
+                       processes=args.processes or TrainConfig.processes)
 
 
 def export(resume: str, path: str, licence: str | None = None) -> int:
@@ -141,13 +142,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume:
         # A resumed run keeps its data, model and settings; only the schedule (--steps, --lr-drop-step,
-        # --lr, --lr-backbone) may change.
+        # --lr, --lr-backbone) and the number of processes may change.
         ckpt = read_checkpoint(args.resume)
         meta = ckpt.meta
         cfg = ckpt.model_config()
         saved = meta["train_config"]
         changes = {"steps": args.steps, "lr_drop_step": args.lr_drop_step, "lr": args.lr,
-                   "lr_backbone": args.lr_backbone}
+                   "lr_backbone": args.lr_backbone, "processes": args.processes}
         tcfg = TrainConfig.from_dict({**saved, **{k: v for k, v in changes.items() if v is not None}})
         images, annotations = meta["images"], meta["annotations"]
         out = args.out or os.path.dirname(os.path.abspath(args.resume))

@@ -274,11 +274,15 @@ class Trainer:
             group["base_lr"] = base
         t = state["trainer"]
         generators, torch_rngs = t.get("generators", [t["generator"]]), t.get("torch_rngs", [t["torch_rng"]])
-        if len(generators) != self.world.size:
-            raise ValueError(f"{path} was saved by {len(generators)} training processes; resume it with as many")
         self.step, self.elapsed = int(t["step"]), float(t["elapsed"])
-        self.generator.set_state(generators[self.world.rank])
-        torch.set_rng_state(torch_rngs[self.world.rank])
+        # With as many processes as saved the run continues exactly. With more, the new ranks start
+        # streams of their own (seeded by rank and step); with fewer, the extra streams end. Either
+        # way each step's images are then split differently: a deliberate change, like a new lr.
+        if self.world.rank < len(generators):
+            self.generator.set_state(generators[self.world.rank])
+            torch.set_rng_state(torch_rngs[self.world.rank])
+        else:
+            self.generator.manual_seed(self.cfg.seed + 7919 * self.world.rank + 104_729 * self.step)
 
 
 def _drop_log_after(log_path: str, step: int) -> None:
