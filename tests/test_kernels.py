@@ -71,18 +71,20 @@ def test_onednn_linear_equals_nn_linear(shape):
         assert torch.allclose(low.float(), linear(x), atol=0.05, rtol=0.02)
 
 
-def test_bfloat16_keeps_the_heads_and_sampling_locations_in_float32():
+def test_bfloat16_keeps_the_prediction_heads_in_float32():
     model = Kernels("aten", False, "bfloat16").apply(copy.deepcopy(tiny_random_model()))
     layer = model.transformer.encoder.layers[0]
     assert layer.linear1.dtype == torch.bfloat16 and layer.self_attn.value_proj.dtype == torch.bfloat16
-    assert type(layer.self_attn.sampling_offsets) is nn.Linear
+    assert layer.self_attn.sampling_offsets.dtype == torch.bfloat16      # offsets; locations are formed in float32
     dec = model.transformer.decoder
-    heads = [*dec.bbox_embed, *dec.pose_embed, *dec.pose_hw_embed, *dec.class_embed, dec.ref_point_head,
+    assert all(m.dtype == torch.bfloat16 for m in dec.ref_point_head.layers)
+    heads = [*dec.bbox_embed, *dec.pose_embed, *dec.pose_hw_embed, *dec.class_embed,
              model.transformer.enc_out_bbox_embed, model.transformer.enc_out_class_embed]
     for head in heads:
         leaves = [m for m in head.modules() if not list(m.children())]
         assert leaves and all(type(m) is nn.Linear and m.weight.dtype == torch.float32 for m in leaves)
     assert all(p.dtype == torch.bfloat16 for p in model.backbone[0].body.module.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in model.input_proj.parameters())
 
 
 @pytest.mark.parametrize("kernels", [Kernels("aten", True, "bfloat16"),
