@@ -64,7 +64,10 @@ class LevelLayout:
 
 
 _BORDER = 3                 # padded size = size + 3 (one zero before, two after)
-_CHUNK_ELEMENTS = 1 << 16   # samples per chunk: keeps every temporary in cache
+# Samples per chunk and thread: each thread's share of the temporaries stays in its cache, and
+# the elementwise passes over a chunk are long enough to split across threads (800x1216: an
+# encoder layer's sampling 24 ms at 2 threads against 31 ms with a fixed 2**16-sample chunk).
+_CHUNK_ELEMENTS = 1 << 17
 
 
 def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, weights: Tensor) -> Tensor:
@@ -81,7 +84,7 @@ def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, we
         locations, weights = locations.float(), weights.float()
     geom = layout.geometry(locations, m, s)
     table = values.reshape(n * m * s, d)
-    chunk = max(1, _CHUNK_ELEMENTS // (n * geom.samples))
+    chunk = max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // (n * geom.samples))
     parts = []
     for a in range(0, q, chunk):
         idx, wts = geom.corners(locations[:, a:a + chunk], weights[:, a:a + chunk], values.dtype)
@@ -132,7 +135,9 @@ class _PaddedGeometry:
         xy0 = xy.floor()
         frac = (xy - xy0).view(n, c, m, -1, 2)
         local = torch.addcmul(xy0[:, 0::2], xy0[:, 1::2], self.row).int().view(n, c, m, 1, -1)
-        idx = local + self.corner_rows
+        # A copy, then an add that broadcasts over queries only (a contiguous run of M*4*L*P):
+        # 0.65x the time of broadcasting `local` over the corners in the add itself.
+        idx = local.expand(n, c, m, 4, local.shape[-1]).clone().add_(self.corner_rows)
         fx, fy = frac[..., 0], frac[..., 1]
         bottom = attn.reshape(fy.shape) * fy
         top = attn.reshape(fy.shape) - bottom
