@@ -126,7 +126,8 @@ class _PaddedGeometry:
 
         loc [N,q,M,L,P,2], attn [N,q,M,L,P]. The level-local row index is formed in the sampling
         dtype: exact while a level holds fewer than 2**24 cells. The weights are computed in that
-        dtype too and rounded to `dtype` (the value table's) only when stored.
+        dtype too and rounded to `dtype` (the value table's) at the end. Differentiable in loc
+        and attn (training runs this sampler too).
         """
         n, c, m = loc.shape[:3]
         # grid_sample's un-normalisation (loc * size - 0.5) shifted by the one-cell border; clamping
@@ -142,12 +143,8 @@ class _PaddedGeometry:
         bottom = attn.reshape(fy.shape) * fy
         top = attn.reshape(fy.shape) - bottom
         top_right, bottom_right = top * fx, bottom * fx
-        wts = fy.new_empty(idx.shape, dtype=dtype)
-        torch.sub(top, top_right, out=wts[:, :, :, 0])
-        wts[:, :, :, 1] = top_right
-        torch.sub(bottom, bottom_right, out=wts[:, :, :, 2])
-        wts[:, :, :, 3] = bottom_right
-        return idx, wts
+        wts = torch.stack((top - top_right, top_right, bottom - bottom_right, bottom_right), 3)
+        return idx, wts.to(dtype)
 
 
 def deformable_sample_reference(values: Tensor, layout: LevelLayout, locations: Tensor,
