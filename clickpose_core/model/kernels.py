@@ -11,10 +11,11 @@ fixed costs of these kernels outweigh their gain; they pay from the R50 at real 
 
 bfloat16 is used only where the hardware computes it natively (CPU flags `avx512_bf16` or
 `amx_bf16`, or CUDA); elsewhere it would be emulated and slower, so `select` says so and stays
-float32. In bfloat16 the trunk and the GEMMs of the transformer layers run in bf16, while the
-residual stream, the layer norms, the sampling locations (`sampling_offsets`, `ref_point_head`),
-the box/keypoint/class heads and the sigmoid reference chain stay float32, so a pinned joint
-stays exact and boxes/keypoints are regressed at full precision.
+float32. In bfloat16 the trunk, the input projections and every GEMM of the transformer layers
+(and of `ref_point_head`) run in bf16; on oneDNN so does the residual stream between them
+(`Kernels.bf16_stream`). The layer norms' parameters, the sampling locations (reference plus
+offset) and the corner weights, the box/keypoint/class heads and the sigmoid reference chain stay
+float32, so a pinned joint stays exact and boxes/keypoints are regressed at full precision.
 """
 from __future__ import annotations
 
