@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.deformable_attention import _BORDER, _CHUNK_ELEMENTS, LevelLayout
+from ..model.deformable_attention import _BORDER, LevelLayout
+
+_CHUNK_ELEMENTS = 1 << 17   # samples per chunk, as it was
 
 
 def previous_deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, weights: Tensor) -> Tensor:

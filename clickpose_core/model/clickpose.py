@@ -146,10 +146,7 @@ class ClickPose(nn.Module):
         if mem.memory is None:
             raise ValueError("this EncoderMemory was reduced by for_refinement(); decode needs the full memory")
         t, dec = self.transformer, self.transformer.decoder
-        content, logits, boxes = t.propose(mem.memory, mem.padding, mem.layout)
-        top = logits.max(-1)[0].topk(self.config.num_queries, dim=1)[1]
-        selected = content.gather(1, top[..., None].expand(-1, -1, content.shape[-1]))
-        ref_logits = boxes.gather(1, top[..., None].expand(-1, -1, 4))
+        selected, ref_logits, top = t.propose(mem.memory, mem.padding, mem.layout, self.config.num_queries)
         tokens, refs = selected.detach(), ref_logits.detach().sigmoid()
         num_dn = 0 if dn is None else dn.num
         if dn is not None:

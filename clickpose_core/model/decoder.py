@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import MLP, AttentionMask, GroupedAttention, inverse_sigmoid, sine_embed
@@ -68,6 +67,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, batch_first=True)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = nn.ReLU(inplace=True)   # a module, so that inference kernels can fuse it into linear1
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
@@ -76,7 +76,7 @@ class DecoderLayer(nn.Module):
         """tgt, query_pos [B,Q,C]; refs [B,Q,L,4]; values [B,M,S,C/M] -> [B,Q,C]."""
         tgt = self.norm2(tgt + self._self_attention(tgt + query_pos, tgt, attn_mask))
         tgt = self.norm1(tgt + self.cross_attn(tgt + query_pos, refs, values, layout))
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt), inplace=True)))
+        return self.norm3(tgt + self.linear2(self.activation(self.linear1(tgt))))
 
     def _self_attention(self, q: Tensor, v: Tensor, attn_mask: AttentionMask) -> Tensor:
         """q, v [B,Q,C] -> [B,Q,C]."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .deformable_attention import LevelLayout, MSDeformAttn
@@ -16,6 +15,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
+        self.activation = nn.ReLU(inplace=True)   # a module, so that inference kernels can fuse it into linear1
         self.linear2 = nn.Linear(d_ffn, d_model)
         self.norm2 = nn.LayerNorm(d_model)
 
@@ -23,7 +23,7 @@ class EncoderLayer(nn.Module):
         """src, pos [B,S,C]; ref [B,S,L,2]; padding [B,S] -> [B,S,C]."""
         values = self.self_attn.project_values(src, padding, layout)
         src = self.norm1(src + self.self_attn(src + pos, ref, values, layout))
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src), inplace=True)))
+        return self.norm2(src + self.linear2(self.activation(self.linear1(src))))
 
 
 class Encoder(nn.Module):

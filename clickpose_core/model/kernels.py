@@ -11,10 +11,11 @@ fixed costs of these kernels outweigh their gain; they pay from the R50 at real 
 
 bfloat16 is used only where the hardware computes it natively (CPU flags `avx512_bf16` or
 `amx_bf16`, or CUDA); elsewhere it would be emulated and slower, so `select` says so and stays
-float32. In bfloat16 the trunk and the GEMMs of the transformer layers run in bf16, while the
-residual stream, the layer norms, the sampling locations (`sampling_offsets`, `ref_point_head`),
-the box/keypoint/class heads and the sigmoid reference chain stay float32, so a pinned joint
-stays exact and boxes/keypoints are regressed at full precision.
+float32. In bfloat16 the trunk, the input projections and every GEMM of the transformer layers
+(and of `ref_point_head`) run in bf16; on oneDNN so does the residual stream between them
+(`Kernels.bf16_stream`). The layer norms' parameters, the sampling locations (reference plus
+offset) and the corner weights, the box/keypoint/class heads and the sigmoid reference chain stay
+float32, so a pinned joint stays exact and boxes/keypoints are regressed at full precision.
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ logger = logging.getLogger(__name__)
 Precision = Literal["float32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-# Linear layers that stay float32 in bfloat16 mode: sampling locations and prediction heads.
-FLOAT32_LINEARS = ("sampling_offsets", "ref_point_head", "bbox_embed", "pose_embed", "pose_hw_embed",
-                   "class_embed", "enc_out_bbox_embed", "enc_out_class_embed")
+# The modules whose GEMMs run in bf16 in bfloat16 mode: the transformer layers and the decoder's
+# positional-query MLP. Every prediction head (box, keypoint, class) lies outside them and stays float32.
+BFLOAT16_MODULES = ("transformer.encoder.layers", "transformer.decoder.layers", "transformer.decoder.ref_point_head")
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,21 @@ class Kernels:
         if self.channels_last:
             model.backbone.to(memory_format=torch.channels_last)
             model.input_proj.to(memory_format=torch.channels_last)
-        if self.precision == "bfloat16":
-            body = model.backbone[0]
-            body.body = LowPrecision(body.body.to(torch.bfloat16), torch.bfloat16)
+        if self.precision == "bfloat16":     # the trunk's bf16 feature maps go straight into the projections
+            body, bf16 = model.backbone[0], torch.bfloat16
+            body.body = LowPrecision(body.body.to(bf16), bf16, output=None)
+            stream = bf16 if self.bf16_stream else torch.float32
+            for i, proj in enumerate(model.input_proj):
+                model.input_proj[i] = LowPrecision(proj.to(bf16), bf16, output=stream)
+            model.transformer.level_embed.data = model.transformer.level_embed.data.to(stream)
         for path, parent in list(model.named_modules()):
             for name, child in parent.named_children():
                 if type(child) is nn.Linear:
                     setattr(parent, name, self._linear(child, self._dtype_of(f"{path}.{name}")))
                 elif type(child) is nn.MultiheadAttention and self.linear == "onednn":
                     setattr(parent, name, OneDNNSelfAttention(child, self._dtype_of(f"{path}.{name}")))
+        if self.linear == "onednn":
+            fuse_feed_forward_relu(model)
         return model
 
     def activate(self) -> None:
@@ -107,12 +114,21 @@ class Kernels:
             libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)       # never hand the heap's top back
         libc.mallopt(_M_MMAP_MAX, 0 if self.keep_heap else _DEFAULT_MMAP_MAX)
 
+    @property
+    def bf16_stream(self) -> bool:
+        """In bfloat16 on oneDNN the transformer's residual stream (the tokens between layers, the
+        encoder memory) is bf16 too: its adds and layer norms move half the bytes, and no GEMM
+        input is cast (800x1216, one thread: 34 ms less per forward). It needs layer norms that take
+        bf16 input with float32 parameters, which torch has on the CPU and not on CUDA; elsewhere
+        the stream stays float32."""
+        return self.precision == "bfloat16" and self.linear == "onednn"
+
     def _dtype_of(self, path: str) -> torch.dtype:
-        """bfloat16 for the GEMMs inside encoder and decoder layers, bar FLOAT32_LINEARS."""
-        parts = path.split(".")
-        in_layer = parts[:3] in (["transformer", "encoder", "layers"], ["transformer", "decoder", "layers"])
-        keep = any(part in FLOAT32_LINEARS for part in parts)
-        return torch.bfloat16 if self.precision == "bfloat16" and in_layer and not keep else torch.float32
+        """bfloat16 for the GEMMs inside BFLOAT16_MODULES in bfloat16 mode (and `enc_output`, whose
+        output feeds a layer norm, with a bf16 stream), else float32."""
+        modules = BFLOAT16_MODULES + (("transformer.enc_output",) if self.bf16_stream else ())
+        low = self.precision == "bfloat16" and any(path == m or path.startswith(m + ".") for m in modules)
+        return torch.bfloat16 if low else torch.float32
 
     def _linear(self, linear: nn.Linear, dtype: torch.dtype) -> nn.Module:
         if self.linear == "onednn":
@@ -172,6 +188,16 @@ def _onednn_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
                                                    conv.dilation, conv.groups, "relu", [], "")
 
 
+def fuse_feed_forward_relu(model: nn.Module) -> None:
+    """Fold each transformer layer's ReLU (`activation`) into its `linear1` as a oneDNN post-op:
+    one pass less over the [tokens, d_ffn] activations (5 ms of an encoder layer's 50 ms
+    feed-forward block, 800x1216, one thread); ReLU is exact, so the outputs are the same."""
+    for layer in model.modules():
+        if isinstance(getattr(layer, "activation", None), nn.ReLU) and isinstance(layer.linear1, OneDNNLinear):
+            layer.linear1.activation = "relu"
+            layer.activation = nn.Identity()
+
+
 def _replace(module: nn.Module, kind: type, new: type) -> None:
     for parent in list(module.modules()):
         for name, child in parent.named_children():
@@ -182,11 +208,15 @@ def _replace(module: nn.Module, kind: type, new: type) -> None:
 class OneDNNLinear(nn.Module):
     """An inference-only nn.Linear whose weight is prepacked once for oneDNN's GEMM.
 
-    Computes in `dtype` (float32 or bfloat16); the input is cast to it, the output is in it."""
+    Computes in `dtype` (float32 or bfloat16); the input is cast to it, the output is in it.
+    activation: "none" or "relu", applied by the GEMM itself (a oneDNN post-op)."""
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float32):
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype = torch.float32, activation: str = "none"):
         super().__init__()
+        if activation not in ("none", "relu"):
+            raise ValueError(f"OneDNNLinear activation must be 'none' or 'relu', got {activation!r}")
         self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        self.activation = activation
         weight = linear.weight.detach().to(dtype)
         # An opaque oneDNN tensor: a plain attribute, not a buffer (it has no strides to save or move).
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
@@ -194,15 +224,18 @@ class OneDNNLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., in_features] -> [..., out_features] in self.dtype."""
-        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, self.activation, [], "")
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}"
+        act = "" if self.activation == "none" else f", activation={self.activation}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}{act}"
 
 
 class OneDNNSelfAttention(nn.Module):
     """The decoder's batch-first nn.MultiheadAttention (no dropout, query = key) with its input and
-    output projections as prepacked oneDNN GEMMs and one fused attention kernel between them."""
+    output projections as prepacked oneDNN GEMMs and one attention kernel between them: torch's
+    fused `scaled_dot_product_attention` in float32; in bfloat16 two bf16 matmuls around a float32
+    softmax, which on this CPU takes 0.45-0.6x the fused kernel's time for the decoder's shapes."""
 
     def __init__(self, mha: nn.MultiheadAttention, dtype: torch.dtype = torch.float32):
         super().__init__()
@@ -214,6 +247,7 @@ class OneDNNSelfAttention(nn.Module):
         self.qk = OneDNNLinear(_as_linear(mha.in_proj_weight[:2 * d], mha.in_proj_bias[:2 * d]), dtype)
         self.v = OneDNNLinear(_as_linear(mha.in_proj_weight[2 * d:], mha.in_proj_bias[2 * d:]), dtype)
         self.out = OneDNNLinear(mha.out_proj, dtype)
+        self.attend = F.scaled_dot_product_attention if dtype == torch.float32 else matmul_attention
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None,
                 need_weights: bool = False) -> tuple[Tensor, None]:
@@ -227,8 +261,22 @@ class OneDNNSelfAttention(nn.Module):
         allowed = None
         if attn_mask is not None:      # SDPA's boolean masks say where attention is allowed
             allowed = ~(attn_mask if attn_mask.dim() == 2 else attn_mask.view(b, self.num_heads, t, t))
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(self.v(value)), attn_mask=allowed)
+        out = self.attend(heads(q), heads(k), heads(self.v(value)), attn_mask=allowed)
         return self.out(out.transpose(1, 2).reshape(b, t, c)), None
+
+
+def matmul_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """`scaled_dot_product_attention` as two matmuls in the inputs' dtype around a softmax that
+    accumulates in float32 (torch's own for long rows; for the 18-token rows of the pose layers,
+    where that kernel is slow in bf16, a float32 one rounded afterwards: same result, 0.4x the time).
+
+    q, k, v [B,H,T,D]; attn_mask [T,T] or [B,H,T,T] bool, True = allowed -> [B,H,T,D]."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    short = scores.shape[-1] < 128
+    weights = scores.softmax(-1, dtype=torch.float32).to(v.dtype) if short else scores.softmax(-1)
+    return torch.matmul(weights, v)
 
 
 def _as_linear(weight: Tensor, bias: Tensor) -> nn.Linear:
@@ -253,15 +301,18 @@ class CastLinear(nn.Module):
 
 
 class LowPrecision(nn.Module):
-    """Runs `module` (already converted to `dtype`) on an input cast to `dtype`; its list of
-    feature maps comes back in float32."""
+    """Runs `module` (already converted to `dtype`) on its input cast to `dtype`. output: the dtype
+    its result (a tensor or a list of them) is cast to, or None to keep `dtype`."""
 
-    def __init__(self, module: nn.Module, dtype: torch.dtype):
+    def __init__(self, module: nn.Module, dtype: torch.dtype, output: torch.dtype | None):
         super().__init__()
-        self.module, self.dtype = module, dtype
+        self.module, self.dtype, self.output = module, dtype, output
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        return [f.float() for f in self.module(x.to(self.dtype))]
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        out = self.module(x.to(self.dtype))
+        if self.output is None:
+            return out
+        return out.to(self.output) if isinstance(out, Tensor) else [f.to(self.output) for f in out]
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4                    # mallopt parameters (malloc.h)

@@ -25,17 +25,23 @@ class Transformer(nn.Module):
         self.enc_out_class_embed = nn.Linear(d_model, num_classes)
         self.proposal_size = proposal_size
 
-    def propose(self, memory: Tensor, padding: Tensor, layout: LevelLayout) -> tuple[Tensor, Tensor, Tensor]:
-        """Score every encoder token as a person box (two-stage selection).
+    def propose(self, memory: Tensor, padding: Tensor, layout: LevelLayout,
+                num_queries: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Score every encoder token as a person and keep the `num_queries` best (two-stage selection).
 
-        memory [B,S,C], padding [B,S] -> content [B,S,C] (zero on invalid tokens),
-        logits [B,S,classes] and boxes [B,S,4] as logits of (cx, cy, w, h) (+inf on invalid tokens).
+        memory [B,S,C], padding [B,S] -> the kept tokens' content [B,Q,C], their boxes [B,Q,4] as
+        logits of (cx, cy, w, h), and their indices [B,Q]. Invalid tokens (padding, or an anchor
+        outside the image) have zero content and +inf boxes. Only the kept tokens go through the
+        box head: it is row-wise, so their boxes are the same as if every token went through it.
         """
         anchors = token_anchors(padding, layout, self.proposal_size)
         invalid = padding[..., None] | ~((anchors > 0.01) & (anchors < 0.99)).all(-1, keepdim=True)
         anchors = torch.log(anchors / (1 - anchors)).masked_fill(invalid, float("inf"))
         content = self.enc_output_norm(self.enc_output(memory.masked_fill(invalid, 0.0)))
-        return content, self.enc_out_class_embed(content), self.enc_out_bbox_embed(content) + anchors
+        top = self.enc_out_class_embed(content).max(-1)[0].topk(num_queries, dim=1)[1]
+        keep = lambda t: t.gather(1, top[..., None].expand(-1, -1, t.shape[-1]))
+        selected = keep(content)
+        return selected, self.enc_out_bbox_embed(selected) + keep(anchors), top
 
 
 def token_anchors(padding: Tensor, layout: LevelLayout, size: float) -> Tensor:
