@@ -1,5 +1,7 @@
 """The training loop: a few steps lower the loss; resuming continues bit for bit."""
 import json
+import os
+import shutil
 
 import pytest
 import torch
@@ -101,6 +103,13 @@ def test_command_trains_resumes_and_exports(synth, tmp_path):
     assert ckpt.meta["step"] == 3 and ckpt.meta["train_config"]["lr"] == 3e-4
     assert ckpt.meta["train_config"]["lr_backbone"] == TrainConfig.lr_backbone
     assert [json.loads(x)["step"] for x in open(run / "log.jsonl")] == [2, 3]   # window ends + the last step
+    with pytest.raises(SystemExit, match="training data not found.*--images"):
+        main(["train", "--resume", str(run / "last.pth"), "--images", str(tmp_path / "gone"), "--no-progress"])
+    moved = tmp_path / "moved"
+    shutil.copytree(os.path.dirname(images), moved)
+    assert main(["train", "--resume", str(run / "last.pth"), "--steps", "4", "--images", str(moved / "images"),
+                 "--annotations", str(moved / "annotations.json"), "--no-progress"]) == 0
+    assert read_checkpoint(str(run / "last.pth")).meta["images"] == str(moved / "images")
     out = tmp_path / "weights.pth"
     assert main(["train", "--resume", str(run / "last.pth"), "--export", str(out), "--licence", "test-licence"]) == 0
     raw = torch.load(out, weights_only=True)

@@ -150,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
         changes = {"steps": args.steps, "lr_drop_step": args.lr_drop_step, "lr": args.lr,
                    "lr_backbone": args.lr_backbone, "processes": args.processes}
         tcfg = TrainConfig.from_dict({**saved, **{k: v for k, v in changes.items() if v is not None}})
-        images, annotations = meta["images"], meta["annotations"]
+        # The same data may live elsewhere on this machine (a fresh checkout regenerates it).
+        images, annotations = args.images or meta["images"], args.annotations or meta["annotations"]
+        meta = {**meta, "images": os.path.abspath(images), "annotations": os.path.abspath(annotations)}
         out = args.out or os.path.dirname(os.path.abspath(args.resume))
     else:
         if not (args.images and args.annotations and args.out):
@@ -164,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
                 "preset": None if args.init else args.preset, "init": args.init, "host": platform.node(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "licence": args.licence}
 
+    if not (os.path.isdir(images) and os.path.isfile(annotations)):
+        raise SystemExit(f"training data not found: images {images!r}, annotations {annotations!r}"
+                         + (" (a resumed run may name its data's new place with --images/--annotations)"
+                            if args.resume else ""))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
         json.dump({"model": cfg.to_dict(), "train": asdict(tcfg), "images": images, "annotations": annotations},
