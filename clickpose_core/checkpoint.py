@@ -120,6 +120,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
     try:
+        # mkstemp makes the file private (0600); weights are read by other users, such as the
+        # container's non-root user when the file is mounted into it.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
         os.replace(tmp, path)  # readers never see a half-written file

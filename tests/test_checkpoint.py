@@ -143,6 +143,7 @@ def test_project_checkpoint_roundtrip(tmp_path):
     path = tmp_path / "sub" / "ours.pth"
     save_checkpoint(path, src, {"dataset": "synthetic", "steps": 10, "licence": "Apache-2.0"})
     assert os.listdir(path.parent) == ["ours.pth"]  # no temp file left behind
+    assert os.stat(path).st_mode & 0o777 == 0o644     # readable by other users (a container's), not 0600
     ckpt = read_checkpoint(path)
     assert not ckpt.is_official and ckpt.model_config() == src.config
     assert ckpt.meta["steps"] == 10 and ckpt.meta["format"] == "clickpose-backend/1"
