@@ -148,3 +148,11 @@ def test_training_memorises_one_image_end_to_end(tmp_path):
     for _ in range(500):
         trainer.train_step(*batch)
     assert keypoint_ap() >= 0.8
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(synth, tmp_path):
+    trainer = make_trainer(synth, tmp_path, steps=1)
+    with torch.no_grad():
+        trainer.model.class_embed[-1].bias.fill_(float("nan"))     # the last layer's person scores
+    with pytest.raises(FloatingPointError, match="not finite at step 0"):
+        trainer.train_step(*next(trainer.batches()))

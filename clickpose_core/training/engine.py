@@ -155,9 +155,12 @@ class Trainer:
             losses = compute_losses(self.model, self.criterion, images.to(dev), masks.to(dev), targets,
                                     self.generator, self.cfg.pin_clicks, self.dense_head)
         total = self.criterion.total(losses)
-        if not math.isfinite(total.item()):
-            raise FloatingPointError(f"loss is {total.item()} at step {self.step}: "
-                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()))
+        # Every process stops together; one that raised alone would leave the others waiting in the
+        # gradient all-reduce.
+        if self.world.any(not math.isfinite(total.item())):
+            raise FloatingPointError(f"the loss is not finite at step {self.step} (in this process: "
+                                     f"{total.item()}: "
+                                     + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items()) + ")")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
