@@ -92,7 +92,8 @@ def run_processes(size: int, fn: Callable[[World], None]) -> None:
 def _entry(rank: int, size: int, port: int, fn: Callable[[World], None]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=size)
-    try:
-        fn(World(rank, size))
-    finally:
-        dist.destroy_process_group()
+    fn(World(rank, size))
+    # Rank 0 finishes later (it writes the last files). Tearing the group down while a peer still
+    # holds it can abort gloo ("terminate called without an active exception"), so wait for all.
+    dist.barrier()
+    dist.destroy_process_group()

@@ -64,16 +64,34 @@ def run_flow(ls: Server, backend_url: str, persons: int | None = None,
     return {"model_version": version, "persons": persons}
 
 
+def _unambiguous_nose_click(pred: list[dict]) -> tuple[dict, dict]:
+    """A predicted nose and a click next to it (+0.25 % in x and y) that the backend's assignment
+    rule gives to that nose's person, whatever the model predicted: among the persons whose box
+    (+15 %) holds the click, its nose is the nearest, by a clear margin."""
+    boxes = {x["id"]: x["value"] for x in pred if x["type"] == "rectanglelabels"}
+    noses = [x for x in pred if x["type"] == "keypointlabels" and x["value"]["keypointlabels"] == ["nose"]]
+
+    def holds(box: dict, xy: dict) -> bool:
+        return all(box[k] - 0.15 * box[s] <= xy[k] <= box[k] + 1.15 * box[s] for k, s in (("x", "width"), ("y", "height")))
+
+    def dist(nose: dict, xy: dict) -> float:
+        return float(np.hypot(nose["value"]["x"] - xy["x"], nose["value"]["y"] - xy["y"]))
+
+    for nose in noses:
+        click = {k: nose["value"][k] + 0.25 for k in ("x", "y")}
+        if not holds(boxes[nose["parentID"]], click):
+            continue
+        others = [dist(o, click) for o in noses if o is not nose and holds(boxes[o["parentID"]], click)]
+        if all(d > 2 * dist(nose, click) for d in others):
+            return nose, click
+    raise AssertionError("no predicted nose that a click can claim unambiguously")
+
+
 def _interactive(ls: Server, ml_id: int, tid: int, persons: int) -> list[dict]:
     """The editor sends the predicted nose of the group plus the smart click, then drags it."""
     pred = api(ls, "GET", f"/api/tasks/{tid}/").json()["predictions"][0]["result"]
-    predicted_nose = next(x for x in pred if x["type"] == "keypointlabels" and x["value"]["keypointlabels"] == ["nose"])
+    predicted_nose, click = _unambiguous_nose_click(pred)
     row = parse_region_id(predicted_nose["id"])[0]
-    person_box = next(x for x in pred if x["id"] == predicted_nose["parentID"])["value"]
-    # Halfway from the nose to its box's centre: inside the box, so it corrects this person.
-    nose_xy = predicted_nose["value"]
-    click = {k: nose_xy[k] + 0.5 * (person_box[k] + person_box[size] / 2 - nose_xy[k]) + 0.25
-             for k, size in (("x", "width"), ("y", "height"))}
     context_nose = {**predicted_nose, "origin": "prediction"}
     smart = {"original_width": 640, "original_height": 480, "image_rotation": 0,
              "value": {**click, "width": 0.2, "labels": ["nose"], "keypointlabels": ["nose"]},
