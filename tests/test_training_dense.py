@@ -7,6 +7,7 @@ import torch
 from clickpose_core import ClickPoseConfig, build_model
 from clickpose_core.checkpoint import read_checkpoint
 from clickpose_core.training.dense import DenseKeypointHead, dense_focal_loss, dense_loss, heatmap_targets
+from clickpose_core.training.engine import TrainConfig
 
 from .test_training_engine import make_trainer, synth  # noqa: F401  (the shared synthetic fixture)
 
@@ -80,6 +81,10 @@ def test_training_with_the_heatmap_saves_resumes_and_exports_without_the_head(sy
     assert "heatmap" in open(tmp_path / "a" / "log.jsonl").readline()
     weights = read_checkpoint(str(tmp_path / "a" / "final.pth"))
     assert not any("dense" in k or k.startswith("net.") for k in weights.state_dict)
+    # a resume's --lr reaches the heatmap head's group as well as the network's
+    other_lr = make_trainer(synth, tmp_path / "e", steps=4, heatmap_weight=1.0, lr=5e-5)
+    other_lr.resume(str(tmp_path / "b" / "last.pth"))
+    assert [g["base_lr"] for g in other_lr.optimizer.param_groups] == [5e-5, TrainConfig.lr_backbone, 5e-5]
     plain = make_trainer(synth, tmp_path / "c", steps=1)
     plain.save(str(tmp_path / "plain.pth"))
     with pytest.raises(ValueError, match="without the heatmap"):

@@ -2,6 +2,7 @@
 process after every step, exact resume."""
 import functools
 import json
+import os
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ def _two_steps(synth_paths, run_dir, out_file, world: World) -> None:
     ids = [int(t["image_id"]) for _, _, targets in [next(trainer.batches())] for t in targets]
     trainer.fit(progress=False)
     checksum = float(sum(p.double().sum() for p in trainer.model.parameters()))
-    report = {"ids": world.gather(ids), "checksums": world.gather(checksum)}
+    report = {"ids": [t.tolist() for t in world.gather(torch.tensor(ids))],
+              "checksums": [t.item() for t in world.gather(torch.tensor(checksum, dtype=torch.float64))]}
     if world.is_main:
         with open(out_file, "w") as f:
             json.dump(report, f)
@@ -62,3 +64,56 @@ def test_world_size_must_match_the_run(synth, tmp_path):  # noqa: F811
         make_trainer(synth, tmp_path, steps=1, processes=2)
     with pytest.raises(ValueError, match="at least 1"):
         run_processes(0, print)
+    images, annotations = synth
+    with pytest.raises(SystemExit, match="4 images, fewer than one step's --batch-size 2 x --processes 3"):
+        main(["train", "--images", images, "--annotations", annotations, "--out", str(tmp_path / "r"),
+              "--preset", "tiny", "--processes", "3", "--batch-size", "2", "--no-progress"])
+    assert not (tmp_path / "r").exists(), "refused before any process or file was made"
+
+
+def _loopback(address: str) -> bool:
+    """An address of /proc/net/tcp{,6} (hex, as the kernel writes it) on the loopback network."""
+    host = address.split(":")[0]
+    if len(host) == 8:
+        return host.endswith("7F")                                  # 127.x.y.z, little-endian
+    return host in ("0000000000000000FFFF00000100007F", "00000000000000000000000001000000")
+
+
+def _tcp_sockets_of_this_process() -> list[tuple[str, str]]:
+    """(local, remote) address of every TCP socket this process holds."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in list(f)[1:]:
+                cols = row.split()
+                if cols[9] in inodes:
+                    found.append((cols[1], cols[2]))
+    return found
+
+
+def _sockets_and_gradients(out_dir, world: World) -> None:
+    used, unused = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    if world.rank == 0:
+        used.grad = torch.tensor([2.0, 4.0])      # a gradient on one process only
+    world.average_gradients([used, unused])
+    report = {"sockets": _tcp_sockets_of_this_process(), "used": used.grad.tolist(), "unused": unused.grad is None}
+    with open(os.path.join(out_dir, f"rank{world.rank}.json"), "w") as f:
+        json.dump(report, f)
+
+
+def test_the_group_talks_over_loopback_only_and_keeps_missing_gradients_missing(tmp_path):
+    run_processes(2, functools.partial(_sockets_and_gradients, str(tmp_path)))
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["sockets"], "the gloo group holds TCP connections"
+        assert all(_loopback(local) for local, _ in report["sockets"]), report["sockets"]
+        assert report["used"] == [1.0, 2.0], "averaged over both processes (zero on the other)"
+        assert report["unused"], "no process had a gradient: AdamW must skip it, as in one process"

@@ -1,5 +1,6 @@
 """The training loop: a few steps lower the loss; resuming continues bit for bit."""
 import json
+import math
 import os
 import shutil
 
@@ -25,7 +26,7 @@ def make_trainer(synth, run_dir, steps, init_seed=0, world=None, **kw):
     cfg = ClickPoseConfig.tiny()
     torch.manual_seed(init_seed)
     ds = CocoKeypoints(*synth, cfg, train=True, seed=0)
-    tcfg = TrainConfig(steps=steps, batch_size=2, checkpoint_every=2, log_every=1, **kw)
+    tcfg = TrainConfig(steps=steps, **{"batch_size": 2, "checkpoint_every": 2, "log_every": 1, **kw})
     return Trainer(build_model(cfg), ds, tcfg, str(run_dir), **({"world": world} if world else {}))
 
 
@@ -103,6 +104,8 @@ def test_command_trains_resumes_and_exports(synth, tmp_path):
     assert ckpt.meta["step"] == 3 and ckpt.meta["train_config"]["lr"] == 3e-4
     assert ckpt.meta["train_config"]["lr_backbone"] == TrainConfig.lr_backbone
     assert [json.loads(x)["step"] for x in open(run / "log.jsonl")] == [2, 3]   # window ends + the last step
+    with pytest.raises(SystemExit, match="--minutes must be a positive number"):
+        main(["train", "--resume", str(run / "last.pth"), "--minutes", "0", "--no-progress"])
     with pytest.raises(SystemExit, match="training data not found.*--images"):
         main(["train", "--resume", str(run / "last.pth"), "--images", str(tmp_path / "gone"), "--no-progress"])
     moved = tmp_path / "moved"
@@ -156,3 +159,50 @@ def test_a_non_finite_loss_stops_training_with_a_clear_error(synth, tmp_path):
         trainer.model.class_embed[-1].bias.fill_(float("nan"))     # the last layer's person scores
     with pytest.raises(FloatingPointError, match="not finite at step 0"):
         trainer.train_step(*next(trainer.batches()))
+
+
+def test_a_session_time_limit_saves_the_run_and_logs_its_last_steps(synth, tmp_path):
+    trainer = make_trainer(synth, tmp_path, steps=10_000, log_every=10_000)   # only the stop logs
+    trainer.fit(progress=False, minutes=0.02)
+    assert 0 < trainer.step < 10_000
+    lines = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
+    assert [x["step"] for x in lines] == [trainer.step] and math.isfinite(lines[0]["loss"])
+    resumed = make_trainer(synth, tmp_path, steps=trainer.step + 1)
+    resumed.resume(str(tmp_path / "last.pth"))
+    assert resumed.step == trainer.step and (tmp_path / f"step_{trainer.step:06d}.pth").exists()
+
+
+@pytest.fixture(scope="module")
+def synth12(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth12")
+    generate_dataset(out, 12, seed=6, width=64, height=96, image_format="png",
+                     cfg=SceneConfig(min_people=1, max_people=1, max_objects=0))
+    return str(out / "images"), str(out / "annotations.json")
+
+
+def test_the_data_order_goes_on_from_the_same_image_when_the_processes_change(synth12, tmp_path):
+    from clickpose_core.training.distributed import World
+
+    def next_ids(trainer) -> list[int]:
+        return [int(t["image_id"]) for t in next(trainer.batches())[2]]
+
+    one = make_trainer(synth12, tmp_path, steps=2)      # 1 process x batch 2: images 0-3 of the epoch
+    one.fit(progress=False)
+    # The same run in one process with a step of 4 images would take images 4-7 next...
+    wide = make_trainer(synth12, tmp_path / "w", steps=4, batch_size=4)
+    wide.resume(str(tmp_path / "last.pth"))
+    expected = next_ids(wide)
+    # ...and in 2 processes of 2 images, rank 0 takes 4-5 and rank 1 takes 6-7.
+    ranks = []
+    for rank in (0, 1):
+        two = make_trainer(synth12, tmp_path / "t", steps=4, processes=2, world=World(rank, 2))
+        two.resume(str(tmp_path / "last.pth"))
+        ranks += next_ids(two)
+    assert ranks == expected and len(set(expected)) == 4
+    # Checkpoints from before the cursor was saved: the step count and the saved step size say it.
+    state = torch.load(tmp_path / "last.pth", weights_only=True)
+    del state["trainer"]["epoch"], state["trainer"]["epoch_images"]
+    torch.save(state, tmp_path / "old.pth")
+    old = make_trainer(synth12, tmp_path / "o", steps=4, batch_size=4)
+    old.resume(str(tmp_path / "old.pth"))
+    assert (old.epoch, old.epoch_images) == (wide.epoch, wide.epoch_images) == (0, 4)

@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("--export needs --resume CHECKPOINT")
         return export(args.resume, args.export, args.licence)
 
+    if args.minutes is not None and not args.minutes > 0:
+        raise SystemExit(f"--minutes must be a positive number of minutes, not {args.minutes}")
     if args.resume:
         # A resumed run keeps its data, model and settings; only the schedule (--steps, --lr-drop-step,
         # --lr, --lr-backbone) and the number of processes may change.
@@ -170,6 +172,15 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"training data not found: images {images!r}, annotations {annotations!r}"
                          + (" (a resumed run may name its data's new place with --images/--annotations)"
                             if args.resume else ""))
+    # Checked here, not only in each training process, so that a bad dataset is one clear message
+    # rather than a traceback from every child.
+    try:
+        images_in_data = len(CocoKeypoints(images, annotations, cfg, train=True, seed=tcfg.seed))
+    except (ValueError, KeyError, OSError) as e:
+        raise SystemExit(f"training data {annotations!r}: {e}") from None
+    if images_in_data < tcfg.batch_size * tcfg.processes:
+        raise SystemExit(f"the dataset has {images_in_data} images, fewer than one step's "
+                         f"--batch-size {tcfg.batch_size} x --processes {tcfg.processes}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
         json.dump({"model": cfg.to_dict(), "train": asdict(tcfg), "images": images, "annotations": annotations},

@@ -6,13 +6,18 @@ share of every global batch and the gradients are averaged (gloo all-reduce over
 the optimizer step, so every process holds the same weights after every step. `ClickPose` is used
 through `encode`/`decode`/`refine`, not `forward`, so gradients are averaged here by hand rather
 than by `DistributedDataParallel`.
+
+The processes meet through a file in a private temporary folder and talk over the loopback
+interface only: no port is opened beyond 127.0.0.1 (torch's TCP store would listen on every
+interface), and only tensors cross between them, so nothing received is unpickled.
 """
 from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -30,15 +35,22 @@ class World:
         return self.rank == 0
 
     def average_gradients(self, params: list[Tensor]) -> None:
-        """Replace every gradient by its mean over the processes (missing gradients count as zero)."""
+        """Replace every gradient by its mean over the processes. A parameter with a gradient on some
+        process counts zero on the others; one with a gradient on none keeps none, so that AdamW
+        skips it (no weight decay, no momentum step) as it would in one process."""
         if self.size == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8)
+        dist.all_reduce(present, op=dist.ReduceOp.MAX)
+        used = [p for p, has in zip(params, present.tolist()) if has]
+        if not used:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in used]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.size
         offset = 0
-        for p, g in zip(params, grads):
+        for p, g in zip(used, grads):
             n = g.numel()
             p.grad = flat[offset:offset + n].view_as(p).clone()
             offset += n
@@ -60,23 +72,27 @@ class World:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
-    def gather(self, obj: Any) -> list[Any]:
-        """Every process's `obj`, in rank order, on every process."""
+    def gather(self, t: Tensor) -> list[Tensor]:
+        """Every process's tensor `t` (the same shape and dtype on each), in rank order, on every
+        process (random-generator states, for example)."""
         if self.size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.size
-        dist.all_gather_object(out, obj)
+            return [t]
+        out = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(out, t.contiguous())
         return out
 
 
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def loopback_interface() -> str:
+    """The name of the loopback network interface, for gloo (GLOO_SOCKET_IFNAME)."""
+    names = [name for _, name in socket.if_nameindex()]
+    for name in ("lo", "lo0"):
+        if name in names:
+            return name
+    raise RuntimeError(f"no loopback network interface among {names}; --processes needs one")
 
 
 def run_processes(size: int, fn: Callable[[World], None]) -> None:
-    """Run fn(World(rank, size)) in `size` processes joined by a gloo group on 127.0.0.1.
+    """Run fn(World(rank, size)) in `size` processes joined by a gloo group on the loopback interface.
 
     fn must be picklable (a module-level function or a functools.partial of one)."""
     if size < 1:
@@ -85,13 +101,15 @@ def run_processes(size: int, fn: Callable[[World], None]) -> None:
         fn(World())
         return
     import torch.multiprocessing as mp
-    port = free_loopback_port()
-    mp.start_processes(_entry, args=(size, port, fn), nprocs=size, start_method="spawn")
+    interface = loopback_interface()
+    with tempfile.TemporaryDirectory(prefix="clickpose-train-") as meeting:   # 0700: this user only
+        mp.start_processes(_entry, args=(size, os.path.join(meeting, "store"), interface, fn), nprocs=size,
+                           start_method="spawn")
 
 
-def _entry(rank: int, size: int, port: int, fn: Callable[[World], None]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=size)
+def _entry(rank: int, size: int, store_path: str, interface: str, fn: Callable[[World], None]) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = interface
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, size), rank=rank, world_size=size)
     fn(World(rank, size))
     # Rank 0 finishes later (it writes the last files). Tearing the group down while a peer still
     # holds it can abort gloo ("terminate called without an active exception"), so wait for all.

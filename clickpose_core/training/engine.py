@@ -136,6 +136,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed + 7919 * world.rank)
         self.step = 0
         self.elapsed = 0.0            # training seconds over all sessions of this run
+        # Where the data order stands: the epoch, and how many of its images the steps so far
+        # took. Kept in images, not steps, so that a resume with another process count goes on
+        # from the same image.
+        self.epoch, self.epoch_images = 0, 0
         self.autocast = Kernels.select(self.device, cfg.precision).precision == "bfloat16"
         if len(dataset) < cfg.batch_size * world.size:
             raise ValueError(f"the dataset has {len(dataset)} images, fewer than one step's "
@@ -176,26 +180,35 @@ class Trainer:
 
     # ---- data order ------------------------------------------------------------------------
     def batches(self) -> Iterator[tuple[Tensor, Tensor, list[dict[str, Tensor]]]]:
-        """Batches from the current step on; epoch e uses a permutation seeded by (seed, e). A step
-        takes batch_size x processes images of it; this process the rank-th batch_size of them."""
+        """Batches from the data cursor on; epoch e uses a permutation seeded by (seed, e). A step
+        takes batch_size x processes consecutive images of it (`fit` moves the cursor), this
+        process the rank-th batch_size of them; an epoch's last images that fill no step are left."""
         bs, step_size = self.cfg.batch_size, self.cfg.batch_size * self.world.size
-        per_epoch = len(self.dataset) // step_size
         while True:
-            epoch, offset = divmod(self.step, per_epoch)
+            if self.epoch_images + step_size > len(self.dataset):   # a resume with more processes
+                self.epoch, self.epoch_images = self.epoch + 1, 0
+            epoch, start = self.epoch, self.epoch_images
             order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
                 self.cfg.seed * 100_003 + epoch)).tolist()
-            start = self.world.rank * bs
-            chunks = [order[i * step_size + start:i * step_size + start + bs] for i in range(offset, per_epoch)]
+            first = start + self.world.rank * bs
+            steps = (len(self.dataset) - start) // step_size
+            chunks = [order[first + i * step_size:first + i * step_size + bs] for i in range(steps)]
             self.dataset.set_epoch(epoch)
             loader = DataLoader(self.dataset, batch_sampler=chunks, collate_fn=collate,
                                 num_workers=self.cfg.workers)
             yield from loader
 
+    def _took_a_step(self) -> None:
+        step_size = self.cfg.batch_size * self.world.size
+        self.epoch_images += step_size
+        if self.epoch_images + step_size > len(self.dataset):
+            self.epoch, self.epoch_images = self.epoch + 1, 0
+
     # ---- the loop --------------------------------------------------------------------------
     def fit(self, progress: bool = True, minutes: float | None = None) -> None:
         """Train to cfg.steps; with `minutes`, stop earlier once this session has trained that long
         (saving last.pth, so `resume` continues from there)."""
-        deadline = time.perf_counter() + 60 * minutes if minutes else math.inf
+        deadline = time.perf_counter() + 60 * minutes if minutes is not None else math.inf
         main = self.world.is_main
         log_path = os.path.join(self.run_dir, "log.jsonl")
         window: list[dict[str, float]] = []
@@ -210,16 +223,18 @@ class Trainer:
                 if self.step >= self.cfg.steps:
                     break
                 if self.world.any(time.perf_counter() >= deadline):
+                    if window:   # the steps since the last log line
+                        log.write(json.dumps(_log_line(window, self.step, self.elapsed)) + "\n")
                     self.save(os.path.join(self.run_dir, "last.pth"))
                     self.save(os.path.join(self.run_dir, f"step_{self.step:06d}.pth"), optimizer=False)
                     bar.close()
                     return
                 window.append(self.train_step(images, masks, targets))
+                self._took_a_step()
                 self.elapsed = time.perf_counter() - started
                 bar.update(1)
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                    line = {k: sum(d[k] for d in window) / len(window) for k in window[0]}
-                    line.update(step=self.step, elapsed_s=round(self.elapsed, 1))
+                    line = _log_line(window, self.step, self.elapsed)
                     log.write(json.dumps(line) + "\n")
                     log.flush()
                     bar.set_postfix(loss=f"{line['loss']:.2f}", kpt=f"{line.get('loss_keypoints', 0):.3f}")
@@ -252,7 +267,8 @@ class Trainer:
             "config": self.model.config.to_dict(),
             "meta": {"format": FORMAT, "torch": str(torch.__version__), **self.weights_meta()},
             "optimizer": self.optimizer.state_dict(),
-            "trainer": {"step": self.step, "elapsed": self.elapsed, "generator": generators[0],
+            "trainer": {"step": self.step, "elapsed": self.elapsed, "epoch": self.epoch,
+                        "epoch_images": self.epoch_images, "generator": generators[0],
                         "torch_rng": torch_rngs[0], "generators": generators, "torch_rngs": torch_rngs},
         }
         if self.dense_head is not None:
@@ -272,12 +288,20 @@ class Trainer:
                 raise ValueError(f"{path} was trained without the heatmap objective; it cannot be resumed with it")
             self.dense_head.load_state_dict(state["dense_head"])
         self.optimizer.load_state_dict(state["optimizer"])
-        # The run's TrainConfig decides the learning rates (a resume may change them on purpose).
-        for group, base in zip(self.optimizer.param_groups, (self.cfg.lr, self.cfg.lr_backbone)):
+        # The run's TrainConfig decides the learning rates (a resume may change them on purpose);
+        # the heatmap head's group, the third, follows lr.
+        for group, base in zip(self.optimizer.param_groups, (self.cfg.lr, self.cfg.lr_backbone, self.cfg.lr)):
             group["base_lr"] = base
         t = state["trainer"]
         generators, torch_rngs = t.get("generators", [t["generator"]]), t.get("torch_rngs", [t["torch_rng"]])
         self.step, self.elapsed = int(t["step"]), float(t["elapsed"])
+        if "epoch_images" in t:
+            self.epoch, self.epoch_images = int(t["epoch"]), int(t["epoch_images"])
+        else:   # saved before the cursor was kept: the step count and the saved step size say it
+            saved = state["meta"].get("train_config", {})
+            step_size = int(saved.get("batch_size", self.cfg.batch_size)) * int(saved.get("processes", 1))
+            self.epoch, offset = divmod(self.step, len(self.dataset) // step_size)
+            self.epoch_images = offset * step_size
         # With as many processes as saved the run continues exactly. With more, the new ranks start
         # streams of their own (seeded by rank and step); with fewer, the extra streams end. Either
         # way each step's images are then split differently: a deliberate change, like a new lr.
@@ -286,6 +310,13 @@ class Trainer:
             torch.set_rng_state(torch_rngs[self.world.rank])
         else:
             self.generator.manual_seed(self.cfg.seed + 7919 * self.world.rank + 104_729 * self.step)
+
+
+def _log_line(window: list[dict[str, float]], step: int, elapsed: float) -> dict[str, float]:
+    """The means of a window of steps' logged values, with the step reached and the time so far."""
+    line = {k: sum(d[k] for d in window) / len(window) for k in window[0]}
+    line.update(step=step, elapsed_s=round(elapsed, 1))
+    return line
 
 
 def _drop_log_after(log_path: str, step: int) -> None:
