@@ -206,3 +206,26 @@ def test_the_data_order_goes_on_from_the_same_image_when_the_processes_change(sy
     old = make_trainer(synth12, tmp_path / "o", steps=4, batch_size=4)
     old.resume(str(tmp_path / "old.pth"))
     assert (old.epoch, old.epoch_images) == (wide.epoch, wide.epoch_images) == (0, 4)
+
+
+def test_export_can_average_the_runs_snapshots(synth, tmp_path):
+    from clickpose_core.checkpoint import read_checkpoint
+    from clickpose_core.cli import main
+
+    images, annotations = synth
+    run = tmp_path / "run"
+    assert main(["train", "--images", images, "--annotations", annotations, "--out", str(run), "--preset", "tiny",
+                 "--steps", "6", "--checkpoint-every", "2", "--threads", "1", "--no-progress"]) == 0
+    out = tmp_path / "mean.pth"
+    assert main(["train", "--resume", str(run / "last.pth"), "--export", str(out), "--average-since", "3"]) == 0
+    mean = read_checkpoint(str(out))
+    four, six = (read_checkpoint(str(run / f"step_{s:06d}.pth")).state_dict for s in (4, 6))
+    assert mean.meta["averaged_steps"] == [4, 6]
+    moved = [k for k in four if four[k].is_floating_point() and not torch.equal(four[k], six[k])]
+    assert moved, "the snapshots differ"
+    for k in moved:
+        assert torch.allclose(mean.state_dict[k], (four[k].double() + six[k].double()).div(2).float(), atol=1e-7)
+    with pytest.raises(SystemExit, match="no step_.*snapshot from step 99"):
+        main(["train", "--resume", str(run / "last.pth"), "--export", str(out), "--average-since", "99"])
+    with pytest.raises(SystemExit, match="goes with --export"):
+        main(["train", "--resume", str(run / "last.pth"), "--average-since", "2"])

@@ -3,6 +3,7 @@
     clickpose train --images DIR --annotations FILE --out RUN_DIR --preset small --steps 6000
     clickpose train --resume RUN_DIR/last.pth                         # continue exactly
     clickpose train --resume RUN_DIR/last.pth --export weights.pth     # weights only, float32
+    clickpose train --resume RUN_DIR/last.pth --export weights.pth --average-since 24000
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..commands import PRECISION_CHOICES
 from ..checkpoint import build_from_checkpoint, load_checkpoint, read_checkpoint, save_checkpoint
 from ..config import ClickPoseConfig
 from ..model.clickpose import build_model
+from .averaging import average_weights, run_snapshots
 from .data import CocoKeypoints
 from .distributed import World, run_processes
 from .engine import TrainConfig, Trainer
@@ -36,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="start from these weights (fine-tuning); their config is used")
     parser.add_argument("--resume", help="continue a run from its last.pth (same data, settings and state)")
     parser.add_argument("--export", help="with --resume: write the weights alone (float32) here and exit")
+    parser.add_argument("--average-since", type=int, default=None, metavar="STEP",
+                        help="with --export: write the mean of the run's step_*.pth snapshots from STEP on")
     parser.add_argument("--licence", help="licence text stored in the weights' meta (reported when they are used)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"total optimizer steps (default {d.steps}; with --resume: the run's own)")
@@ -81,11 +85,24 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
                        processes=args.processes or TrainConfig.processes)
 
 
-def export(resume: str, path: str, licence: str | None = None) -> int:
-    """Weights + config + meta of a training checkpoint, float32, without the optimizer."""
+def export(resume: str, path: str, licence: str | None = None, average_since: int | None = None) -> int:
+    """Weights + config + meta of a training checkpoint, float32, without the optimizer; with
+    `average_since`, the mean of the run's snapshots from that step on (`averaging.py`)."""
     model, ckpt = build_from_checkpoint(resume, dtype=torch.float32)
-    save_checkpoint(path, model, {**ckpt.meta, **({"licence": licence} if licence else {})})
-    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, step {ckpt.meta.get('step')})")
+    meta = {**ckpt.meta, **({"licence": licence} if licence else {})}
+    what = f"step {ckpt.meta.get('step')}"
+    if average_since is not None:
+        snapshots = run_snapshots(os.path.dirname(os.path.abspath(resume)), since=average_since)
+        if not snapshots:
+            raise SystemExit(f"no step_*.pth snapshot from step {average_since} on beside {resume}")
+        try:
+            model.load_state_dict(average_weights([p for _, p in snapshots]))
+        except (ValueError, RuntimeError) as e:
+            raise SystemExit(f"cannot average the snapshots: {e}") from None
+        meta["averaged_steps"] = [step for step, _ in snapshots]
+        what = f"mean of {len(snapshots)} snapshots, steps {snapshots[0][0]}-{snapshots[-1][0]}"
+    save_checkpoint(path, model, meta)
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB, {what})")
     return 0
 
 
@@ -138,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     if args.export:
         if not args.resume:
             raise SystemExit("--export needs --resume CHECKPOINT")
-        return export(args.resume, args.export, args.licence)
+        return export(args.resume, args.export, args.licence, args.average_since)
+    if args.average_since is not None:
+        raise SystemExit("--average-since goes with --export (it writes averaged weights, it does not train)")
 
     if args.minutes is not None and not args.minutes > 0:
         raise SystemExit(f"--minutes must be a positive number of minutes, not {args.minutes}")
