@@ -5,8 +5,9 @@ import torch
 
 from clickpose_core import ClickPoseConfig
 from clickpose_core.config import COCO_FLIP_INDEX, COCO_KEYPOINT_NAMES
-from clickpose_core.synth.generator import SceneConfig, generate_dataset
 from clickpose_core.training.data import CocoKeypoints, Sample, collate, hflip, resize, to_target, train_scales
+
+from .test_training_engine import make_synth
 
 
 def sample_with_left_wrist(w=100, h=80):
@@ -62,10 +63,7 @@ def test_train_scales_follow_the_official_ratios():
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    generate_dataset(out, 3, seed=11, width=96, height=128, image_format="png",
-                     cfg=SceneConfig(min_people=1, max_people=2, max_objects=0))
-    return str(out / "images"), str(out / "annotations.json")
+    return make_synth(tmp_path_factory, "synth", 3, seed=11)
 
 
 def test_dataset_loads_batches_and_augments_reproducibly(synth):

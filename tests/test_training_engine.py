@@ -14,12 +14,18 @@ from clickpose_core.training.data import CocoKeypoints, collate
 from clickpose_core.training.engine import TrainConfig, Trainer, compute_losses
 
 
+def make_synth(tmp_path_factory, name: str, images: int, seed: int, width: int = 96, height: int = 128,
+               max_people: int = 2) -> tuple[str, str]:
+    """A small synthetic COCO set without occluders: (images folder, annotation file)."""
+    out = tmp_path_factory.mktemp(name)
+    generate_dataset(out, images, seed=seed, width=width, height=height, image_format="png",
+                     cfg=SceneConfig(min_people=1, max_people=max_people, max_objects=0))
+    return str(out / "images"), str(out / "annotations.json")
+
+
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth")
-    generate_dataset(out, 4, seed=5, width=96, height=128, image_format="png",
-                     cfg=SceneConfig(min_people=1, max_people=2, max_objects=0))
-    return str(out / "images"), str(out / "annotations.json")
+    return make_synth(tmp_path_factory, "synth", 4, seed=5)
 
 
 def make_trainer(synth, run_dir, steps, init_seed=0, world=None, **kw):
@@ -174,10 +180,7 @@ def test_a_session_time_limit_saves_the_run_and_logs_its_last_steps(synth, tmp_p
 
 @pytest.fixture(scope="module")
 def synth12(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth12")
-    generate_dataset(out, 12, seed=6, width=64, height=96, image_format="png",
-                     cfg=SceneConfig(min_people=1, max_people=1, max_objects=0))
-    return str(out / "images"), str(out / "annotations.json")
+    return make_synth(tmp_path_factory, "synth12", 12, seed=6, width=64, height=96, max_people=1)
 
 
 def test_the_data_order_goes_on_from_the_same_image_when_the_processes_change(synth12, tmp_path):
