@@ -185,8 +185,7 @@ class Trainer:
         process the rank-th batch_size of them; an epoch's last images that fill no step are left."""
         bs, step_size = self.cfg.batch_size, self.cfg.batch_size * self.world.size
         while True:
-            if self.epoch_images + step_size > len(self.dataset):   # a resume with more processes
-                self.epoch, self.epoch_images = self.epoch + 1, 0
+            self._next_epoch_if_no_step_fits()   # after a resume with more processes
             epoch, start = self.epoch, self.epoch_images
             order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(
                 self.cfg.seed * 100_003 + epoch)).tolist()
@@ -199,9 +198,11 @@ class Trainer:
             yield from loader
 
     def _took_a_step(self) -> None:
-        step_size = self.cfg.batch_size * self.world.size
-        self.epoch_images += step_size
-        if self.epoch_images + step_size > len(self.dataset):
+        self.epoch_images += self.cfg.batch_size * self.world.size
+        self._next_epoch_if_no_step_fits()
+
+    def _next_epoch_if_no_step_fits(self) -> None:
+        if self.epoch_images + self.cfg.batch_size * self.world.size > len(self.dataset):
             self.epoch, self.epoch_images = self.epoch + 1, 0
 
     # ---- the loop --------------------------------------------------------------------------
