@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -109,9 +110,15 @@ def run_processes(size: int, fn: Callable[[World], None]) -> None:
 
 def _entry(rank: int, size: int, store_path: str, interface: str, fn: Callable[[World], None]) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = interface
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, size), rank=rank, world_size=size)
+    store = dist.FileStore(store_path, size)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=size)
     fn(World(rank, size))
-    # Rank 0 finishes later (it writes the last files). Tearing the group down while a peer still
-    # holds it can abort gloo ("terminate called without an active exception"), so wait for all.
+    # Rank 0 finishes later (it writes the last files). A process that tears its group down, or
+    # exits and closes its sockets, while a peer still holds the group can abort gloo in that peer
+    # ("terminate called without an active exception"): wait for all before and after teardown.
     dist.barrier()
     dist.destroy_process_group()
+    store.add("torn_down", 1)
+    deadline = time.monotonic() + 60
+    while int(store.add("torn_down", 0)) < size and time.monotonic() < deadline:
+        time.sleep(0.01)
