@@ -24,7 +24,7 @@ from ..model.clickpose import build_model
 from .averaging import average_weights, run_snapshots
 from .data import CocoKeypoints
 from .distributed import World, run_processes
-from .engine import TrainConfig, Trainer
+from .engine import TrainConfig, Trainer, check_one_step_fits
 
 PRESETS = {"r50": ClickPoseConfig.r50, "small": ClickPoseConfig.small, "tiny": ClickPoseConfig.tiny}
 
@@ -197,9 +197,10 @@ def run(args: argparse.Namespace) -> int:
         images_in_data = len(CocoKeypoints(images, annotations, cfg, train=True, seed=tcfg.seed))
     except (ValueError, KeyError, OSError) as e:
         raise SystemExit(f"training data {annotations!r}: {e}") from None
-    if images_in_data < tcfg.batch_size * tcfg.processes:
-        raise SystemExit(f"the dataset has {images_in_data} images, fewer than one step's "
-                         f"--batch-size {tcfg.batch_size} x --processes {tcfg.processes}")
+    try:
+        check_one_step_fits(images_in_data, tcfg.batch_size, tcfg.processes)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
         json.dump({"model": cfg.to_dict(), "train": asdict(tcfg), "images": images, "annotations": annotations},

@@ -141,9 +141,7 @@ class Trainer:
         # from the same image.
         self.epoch, self.epoch_images = 0, 0
         self.autocast = Kernels.select(self.device, cfg.precision).precision == "bfloat16"
-        if len(dataset) < cfg.batch_size * world.size:
-            raise ValueError(f"the dataset has {len(dataset)} images, fewer than one step's "
-                             f"{cfg.batch_size} x {world.size} processes")
+        check_one_step_fits(len(dataset), cfg.batch_size, world.size)
 
     # ---- one step --------------------------------------------------------------------------
     def train_step(self, images: Tensor, masks: Tensor, targets: list[dict[str, Tensor]]) -> dict[str, float]:
@@ -311,6 +309,13 @@ class Trainer:
             torch.set_rng_state(torch_rngs[self.world.rank])
         else:
             self.generator.manual_seed(self.cfg.seed + 7919 * self.world.rank + 104_729 * self.step)
+
+
+def check_one_step_fits(images: int, batch_size: int, processes: int) -> None:
+    """ValueError unless the dataset holds at least one step: batch_size images on each process."""
+    if images < batch_size * processes:
+        raise ValueError(f"the dataset has {images} images, fewer than one step's "
+                         f"--batch-size {batch_size} x --processes {processes}")
 
 
 def _log_line(window: list[dict[str, float]], step: int, elapsed: float) -> dict[str, float]:
