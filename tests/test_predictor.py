@@ -100,6 +100,32 @@ def test_refining_clicked_rows_alone_equals_a_round_over_all_rows(model):
     assert np.allclose(after[2].keypoints, expected.numpy(), atol=1e-3)
 
 
+def test_a_click_never_lowers_a_persons_score(model):
+    """A refined person scores max(detection score, feedback layers' score); the others keep theirs."""
+    pred = Predictor(model)
+    before = _by_index(pred.predict("a", _image(2)))   # an image where feedback scores go both ways
+    session = pred.session("a")
+    clicks = [Click(p, 5, 40.0, 50.0) for p in range(4)]
+    after = _by_index(pred.refine("a", clicks))
+    from clickpose_core.interaction import apply_clicks
+    from clickpose_core.postprocess import person_scores
+    boxes, kpts, pin = apply_clicks(session.round0.boxes, session.round0.keypoints,
+                                    [Click(c.person, c.joint, c.x / W, c.y / H) for c in clicks])
+    with torch.inference_mode():
+        feedback = person_scores(model.refine(session.memory, boxes[None], kpts[None], pin[None])
+                                 ["pred_logits"][0].double())
+    raised = lowered = 0
+    for p in range(4):
+        assert after[p].score == pytest.approx(max(before[p].score, float(feedback[p])), abs=1e-6)
+        raised += float(feedback[p]) > before[p].score + 1e-6
+        lowered += float(feedback[p]) < before[p].score - 1e-6
+    assert raised and lowered, "the model must give some feedback scores above and some below"
+    for p in set(before) - set(range(4)):
+        assert after[p].score == before[p].score
+    scores = [q.score for q in pred.refine("a", clicks[:1], replace=True)]
+    assert scores == sorted(scores, reverse=True)
+
+
 def test_unpinned_is_the_official_mode_where_clicked_joints_drift(model):
     pred = Predictor(model)
     pred.predict("a", _image(0))
