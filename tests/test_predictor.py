@@ -84,17 +84,22 @@ def test_refine_pins_clicked_joint_moves_its_person_and_leaves_the_others(model)
     _assert_boxes_hold_keypoints(after.values())
 
 
+def _all_row_round(model, session, clicks):
+    """Reference: one pinned feedback round over every row of the session, from round 0."""
+    from clickpose_core.interaction import apply_clicks
+    boxes, kpts, pin = apply_clicks(session.round0.boxes, session.round0.keypoints,
+                                    [Click(c.person, c.joint, c.x / W, c.y / H) for c in clicks])
+    with torch.inference_mode():
+        return model.refine(session.memory, boxes[None], kpts[None], pin[None])
+
+
 def test_refining_clicked_rows_alone_equals_a_round_over_all_rows(model):
     """The product refines only clicked persons; for them it must equal the official all-row round."""
     pred = Predictor(model)
     pred.predict("a", _image(0))
     session = pred.session("a")
     after = _by_index(pred.refine("a", [Click(2, 5, 40.0, 50.0)]))
-    from clickpose_core.interaction import apply_clicks
-    boxes, kpts, pin = apply_clicks(session.round0.boxes, session.round0.keypoints,
-                                    [Click(2, 5, 40.0 / W, 50.0 / H)])
-    with torch.inference_mode():
-        full = model.refine(session.memory, boxes[None], kpts[None], pin[None])
+    full = _all_row_round(model, session, [Click(2, 5, 40.0, 50.0)])
     expected = full["pred_keypoints"][0, 2, :34].reshape(17, 2).double() * torch.tensor([W, H])
     expected[5] = torch.tensor([40.0, 50.0], dtype=torch.float64)
     assert np.allclose(after[2].keypoints, expected.numpy(), atol=1e-3)
@@ -107,13 +112,8 @@ def test_a_click_never_lowers_a_persons_score(model):
     session = pred.session("a")
     clicks = [Click(p, 5, 40.0, 50.0) for p in range(4)]
     after = _by_index(pred.refine("a", clicks))
-    from clickpose_core.interaction import apply_clicks
     from clickpose_core.postprocess import person_scores
-    boxes, kpts, pin = apply_clicks(session.round0.boxes, session.round0.keypoints,
-                                    [Click(c.person, c.joint, c.x / W, c.y / H) for c in clicks])
-    with torch.inference_mode():
-        feedback = person_scores(model.refine(session.memory, boxes[None], kpts[None], pin[None])
-                                 ["pred_logits"][0].double())
+    feedback = person_scores(_all_row_round(model, session, clicks)["pred_logits"][0].double())
     raised = lowered = 0
     for p in range(4):
         assert after[p].score == pytest.approx(max(before[p].score, float(feedback[p])), abs=1e-6)
