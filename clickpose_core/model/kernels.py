@@ -74,6 +74,8 @@ class Kernels:
         """Rebuild `model`'s layers for these kernels, in place (inference only: packed weights
         are not trainable). Call after the model is on its device and in float32. Also
         `activate`s the process-wide part of these kernels."""
+        if self.linear == "onednn" and self.precision == "bfloat16":
+            require_onednn_bf16()
         self.activate()
         if self.linear == "onednn":
             fold_frozen_batch_norm(model.backbone)
@@ -215,6 +217,8 @@ class OneDNNLinear(nn.Module):
         super().__init__()
         if activation not in ("none", "relu"):
             raise ValueError(f"OneDNNLinear activation must be 'none' or 'relu', got {activation!r}")
+        if dtype == torch.bfloat16:
+            require_onednn_bf16()
         self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
         self.activation = activation
         weight = linear.weight.detach().to(dtype)
@@ -326,6 +330,22 @@ def _glibc() -> ctypes.CDLL | None:
     except OSError:
         return None
     return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
+
+
+def onednn_bf16_supported() -> bool:
+    """True where torch's oneDNN can pack and run bf16 GEMMs. It needs AVX-512 (BW, VL, DQ) or
+    AVX-NE-CONVERT; every CPU with avx512_bf16 or amx_bf16 has them, but an emulated bf16 mode
+    forced on an older CPU does not."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def require_onednn_bf16() -> None:
+    """Refuse the oneDNN bfloat16 kernels, with the reason, where this CPU cannot run them (torch's
+    own error names an internal op)."""
+    if not onednn_bf16_supported():
+        raise ValueError("the oneDNN bfloat16 kernels need a CPU with AVX-512 (BW, VL, DQ) or "
+                         "AVX-NE-CONVERT, and this one has neither; use precision 'float32' "
+                         "(Kernels.select falls back to it) or the 'aten' kernels")
 
 
 def bf16_is_native(device: torch.device, cpu_flags: frozenset[str] | None = None) -> bool:
