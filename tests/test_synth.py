@@ -166,6 +166,16 @@ def test_dataset_is_deterministic_and_coco_shaped(tmp_path):
     assert (tmp_path / "d/images/000001.png").read_bytes() == (tmp_path / "a/images/000001.png").read_bytes()
 
 
+def test_parallel_generation_writes_the_same_files(tmp_path):
+    one = generate_dataset(tmp_path / "one", 10, seed=5, width=128, height=160, image_format="jpg")
+    two = generate_dataset(tmp_path / "two", 10, seed=5, width=128, height=160, image_format="jpg", workers=2)
+    assert one == two and len(one["annotations"]) > 10
+    for name in ["annotations.json"] + [f"images/{i:06d}.jpg" for i in range(10)]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    with pytest.raises(ValueError, match="workers"):
+        generate_dataset(tmp_path / "bad", 1, workers=0)
+
+
 def test_generation_speed():
     start = time.perf_counter()
     for i in range(10):

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-people", type=int, default=6)
     parser.add_argument("--max-objects", type=int, default=3, help="occluding objects per image, at most")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image file format")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="render in this many processes (same files as with one; default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = SceneConfig(min_people=args.min_people, max_people=args.max_people, max_objects=args.max_objects)
     start = time.perf_counter()
     coco = generate_dataset(args.out, args.num_images, seed=args.seed, width=width, height=height,
-                            image_format=args.format, cfg=cfg, progress=True)
+                            image_format=args.format, cfg=cfg, progress=True,
+                            workers=args.workers)
     took = time.perf_counter() - start
     print(f"wrote {len(coco['images'])} images, {len(coco['annotations'])} persons to {args.out} "
           f"in {took:.1f}s")

@@ -14,7 +14,10 @@ Visibility flags come from the rendered id buffer (entity and body part of every
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,6 +314,17 @@ def render_scene(seed: int, index: int, width: int, height: int,
     return img, annotations
 
 
+def _encoded_scene(seed: int, index: int, width: int, height: int, cfg: SceneConfig, image_format: str
+                   ) -> tuple[bytes, list[dict]]:
+    """Image `index` of dataset `seed`, encoded as `image_format`, and its annotations."""
+    img, anns = render_scene(seed, index, width, height, cfg)
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if image_format == "png" else [cv2.IMWRITE_JPEG_QUALITY, 92]
+    ok, buf = cv2.imencode("." + image_format, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise RuntimeError(f"could not encode image {index} of seed {seed} as {image_format}")
+    return buf.tobytes(), anns
+
+
 def coco_categories() -> list[dict]:
     """The COCO person category with keypoint names and the 1-based skeleton COCO uses."""
     return [{"id": 1, "name": "person", "supercategory": "person",
@@ -331,31 +345,37 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def generate_dataset(out_dir: str | os.PathLike, num_images: int, seed: int = 0, width: int = 384,
                      height: int = 512, image_format: str = "png", cfg: SceneConfig = SceneConfig(),
-                     progress: bool = False) -> dict:
-    """Write `out_dir/images/000000.png ...` and `out_dir/annotations.json`; return the COCO dict."""
+                     progress: bool = False, workers: int = 1) -> dict:
+    """Write `out_dir/images/000000.png ...` and `out_dir/annotations.json`; return the COCO dict.
+
+    workers > 1 renders in that many processes; the files are the same as with one (image i
+    depends only on (seed, i), and annotation ids are given in image order)."""
     if num_images < 1:
         raise ValueError(f"num_images must be positive, got {num_images}")
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    it = range(num_images)
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(it, desc="synth", unit="img")
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1] if image_format == "png" else [cv2.IMWRITE_JPEG_QUALITY, 92]
-    for i in it:
-        img, anns = render_scene(seed, i, width, height, cfg)
-        name = f"{i:06d}.{image_format}"
-        ok, buf = cv2.imencode("." + image_format, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
-        if not ok:
-            raise RuntimeError(f"could not encode image {name}")
-        (out / "images" / name).write_bytes(buf.tobytes())
-        image_id = i + 1
-        images.append({"id": image_id, "file_name": name, "width": width, "height": height})
-        for a in anns:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, **a})
+    job = functools.partial(_encoded_scene, seed, width=width, height=height, cfg=cfg, image_format=image_format)
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            scenes = pool.imap(job, range(num_images), chunksize=8)
+        else:
+            scenes = map(job, range(num_images))
+        if progress:
+            from tqdm import tqdm
+            scenes = tqdm(scenes, total=num_images, desc="synth", unit="img")
+        for i, (data, anns) in enumerate(scenes):
+            name = f"{i:06d}.{image_format}"
+            (out / "images" / name).write_bytes(data)
+            image_id = i + 1
+            images.append({"id": image_id, "file_name": name, "width": width, "height": height})
+            for a in anns:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **a})
     coco = {
         "info": {"description": "clickpose synthetic people", "seed": int(seed), "version": "1"},
         "licenses": [],

@@ -26,7 +26,8 @@ from .data import CocoKeypoints
 from .distributed import World, run_processes
 from .engine import TrainConfig, Trainer, check_one_step_fits
 
-PRESETS = {"r50": ClickPoseConfig.r50, "small": ClickPoseConfig.small, "tiny": ClickPoseConfig.tiny}
+PRESETS = {"r50": ClickPoseConfig.r50, "medium": ClickPoseConfig.medium, "small": ClickPoseConfig.small,
+           "tiny": ClickPoseConfig.tiny}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
