@@ -89,9 +89,18 @@ def test_denoising_losses_and_weighted_total():
     out["pred_boxes"] = out["pred_boxes"].clone()
     out["pred_boxes"][0, 1, 3] -= 0.2                   # h 0.4 -> 0.2 around the same centre
     losses = criterion().denoising_losses(out, dn, with_keypoints=True)
-    assert math.isclose(losses["dn_loss_bbox"].item(), 0.2 / 2, rel_tol=1e-5)
-    assert math.isclose(losses["dn_loss_giou"].item(), (1 - 0.5) / 2, rel_tol=1e-5)
+    # one image of 2 queries: the sum over the batch / (2 queries x 1 image / the official 2)
+    assert math.isclose(losses["dn_loss_bbox"].item(), 0.2 / 1, rel_tol=1e-5)
+    assert math.isclose(losses["dn_loss_giou"].item(), (1 - 0.5) / 1, rel_tol=1e-5)
     assert losses["dn_loss_keypoints"].abs() < 1e-6
+    # the same image twice (the official batch of 2) or 8 times: the same values, as the matched
+    # terms (divided by the persons in the batch) are
+    for copies in (2, 8):
+        many = {k: v.expand(copies, *v.shape[1:]) for k, v in out.items() if k.startswith("pred_")}
+        dn_many = DenoisingTargets(*(x.expand(copies, *x.shape[1:]) for x in (dn.labels, dn.boxes, dn.keypoints, dn.valid)))
+        again = criterion().denoising_losses(many, dn_many, with_keypoints=True)
+        for name in ("dn_loss_ce", "dn_loss_bbox", "dn_loss_giou"):
+            assert math.isclose(again[name].item(), losses[name].item(), rel_tol=1e-5), (name, copies)
     w = LossWeights()
     assert w.of("dn_loss_bbox/d3") == 2.5 and w.of("loss_keypoints/r1") == 10.0 and w.of("loss_ce/enc") == 2.0
     total = criterion().total({"dn_loss_bbox/d0": torch.tensor(1.0), "loss_oks/d2": torch.tensor(0.5)})

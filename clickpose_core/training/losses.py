@@ -64,6 +64,9 @@ def giou_loss(pred: Tensor, target: Tensor) -> Tensor:
     return 1 - pairwise_giou(box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target)).diagonal()
 
 
+OFFICIAL_BATCH = 2     # images per GPU in the official training (the denoising normaliser's reference)
+
+
 class SetCriterion:
     """Computes the (unweighted) loss terms of one training step; `total` weights and sums them.
 
@@ -107,7 +110,12 @@ class SetCriterion:
     # ---- denoising losses (no matching: query i reconstructs dn.boxes[:, i]) -------------------
     def denoising_losses(self, outputs: dict[str, Tensor], dn: DenoisingTargets, with_keypoints: bool
                          ) -> dict[str, Tensor]:
-        num = dn.boxes.shape[1]                       # the official normaliser: queries per image
+        # The official code divides the sum over its per-GPU batch of 2 by the queries per image,
+        # which makes these terms grow with the batch while the matched ones (divided by the
+        # persons in the batch) do not. Dividing by queries x batch / 2 is the official value at
+        # batch 2 and keeps the balance of the two at any batch.
+        batch, per_image = dn.boxes.shape[:2]
+        num = per_image * batch / OFFICIAL_BATCH
         logits = outputs["pred_logits"]
         labels = torch.where(dn.valid, dn.labels, torch.full_like(dn.labels, self.num_classes))
         focal = sigmoid_focal_loss(logits, one_hot_labels(labels, logits.shape[-1]),
