@@ -6,7 +6,9 @@ The device machine receives a copy of the working tree and returns at most 8 fil
 $OUT, so a run's full training state (weights, AdamW moments, dense head, data cursor, random
 state) travels as parts with a manifest of their sizes and SHA-256 sums:
 
-    # on the device machine (the `device` tool's `run`; python3 there holds a CUDA PyTorch):
+    scripts/device_wheels.sh      # here, once: pycocotools for the device's Python, into .whl/
+    # on the device machine (the `device` tool's `run`, carry [".whl"]; python3 there holds a
+    # CUDA PyTorch but no pycocotools, which the script installs from .whl):
     python3 scripts/device_train.py run --out "$OUT" --minutes 7
     # here, with the files it brought back (files_at of that call):
     scripts/device_train.py join --parts FILES_AT --to runs/device/last.pth
@@ -103,13 +105,35 @@ def clickpose(*args: str) -> list[str]:
     return [sys.executable, "-m", "clickpose_core.cli", *args]
 
 
-def call(cmd: list[str], log) -> None:
+def call(cmd: list[str], log, paths: list[Path]) -> None:
+    """Run a command with `paths` first on its PYTHONPATH; SystemExit naming it if it fails."""
     print("+ " + " ".join(cmd), file=log, flush=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, paths), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{cmd[3] if len(cmd) > 3 else cmd[0]} failed (exit {done.returncode}); "
                          f"see {log.name}")
+
+
+def pycocotools_path(wheels: Path, work: Path) -> list[Path]:
+    """[] where pycocotools imports; else install the wheel carried in `wheels` (the device machine
+    has no package index) into work/site and return [work/site]."""
+    try:
+        import pycocotools  # noqa: F401  (the synthetic masks' RLE and the evaluation need it)
+        return []
+    except ImportError:
+        pass
+    found = sorted(wheels.glob("pycocotools-*.whl"))
+    if not found:
+        raise SystemExit(f"pycocotools is not installed for {sys.executable} and no wheel of it is in {wheels}: "
+                         "run scripts/device_wheels.sh where you call the device from, and carry .whl")
+    site = work / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                           "--target", str(site), *map(str, found)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"could not install {', '.join(p.name for p in found)} for {sys.executable}: "
+                         f"{done.stderr.strip() or done.stdout.strip()}")
+    return [site]
 
 
 def describe_device(device: str) -> dict:
@@ -131,12 +155,13 @@ def run(args: argparse.Namespace) -> int:
     out, work = Path(args.out).resolve(), Path(args.work).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), **describe_device(args.device)}
+    paths = [ROOT, *pycocotools_path(Path(args.wheels), work)]
     data, run_dir = work / "synth_train", work / "run"
     with open(out / "run.log", "w") as log:
         if not (data / "annotations.json").is_file():
             call(clickpose("synth", "--out", str(data), "--num-images", str(args.num_images), "--seed",
                            str(args.data_seed), "--size", args.size, "--format", "jpg",
-                           "--workers", str(args.synth_workers)), log)
+                           "--workers", str(args.synth_workers)), log, paths)
         summary["data_s"] = round(time.time() - started, 1)
         state = Path(args.state)
         common = ["--images", str(data / "images"), "--annotations", str(data / "annotations.json"),
@@ -156,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             cmd = clickpose("train", "--out", str(run_dir), "--preset", args.preset, "--batch-size",
                             str(args.batch_size), *NEW_RUN, *common, *args.train_args)
         trained = time.time()
-        call(cmd, log)
+        call(cmd, log, paths)
         summary["train_wall_s"] = round(time.time() - trained, 1)
     lines = log_lines(run_dir / "log.jsonl")
     first = summary["resumed_at_step"] or 0
@@ -190,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--size", default="384x512")
     r.add_argument("--synth-workers", type=int, default=os.cpu_count() or 1)
     r.add_argument("--loader-workers", type=int, default=min(8, os.cpu_count() or 1))
+    r.add_argument("--wheels", default=str(ROOT / ".whl"),
+                   help="wheels to install where a package is missing (default .whl: scripts/device_wheels.sh)")
     r.add_argument("--part-mib", type=float, default=15.9, help="largest part (default 15.9 MiB: under 16)")
     r.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: more `clickpose train` arguments")
     j = sub.add_parser("join", help="reassemble brought-back parts into a training checkpoint")

@@ -98,3 +98,14 @@ def test_medium_preset_fits_the_weights_limit_and_the_way_back():
     # weights + both AdamW moments, float32, with the heatmap head: the parts the device returns
     assert 12 * (params + head) < device_train.MAX_PARTS * 15.9 * 2 ** 20
     assert (cfg.min_size, cfg.max_size) == (384, 512)   # the synthetic images' own size, not downscaled
+
+
+def test_missing_pycocotools_without_a_wheel_is_a_clear_refusal(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)     # import fails, as on the device machine
+    with pytest.raises(SystemExit, match="pycocotools is not installed .* no wheel of it is in"):
+        device_train.pycocotools_path(tmp_path / "no_wheels", tmp_path / "work")
+    # a wheel pip cannot install here: its refusal, not a traceback
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "pycocotools-2.0.11-cp312-abi3-win_arm64.whl").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit, match="could not install pycocotools-2.0.11-cp312-abi3-win_arm64.whl"):
+        device_train.pycocotools_path(tmp_path / "wheels", tmp_path / "work")
