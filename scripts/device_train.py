@@ -171,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
             join(state, run_dir / "last.pth")
             if (state / "log.jsonl").is_file():
                 shutil.copy(state / "log.jsonl", run_dir / "log.jsonl")
-            before = log_lines(run_dir / "log.jsonl")
-            summary["resumed_at_step"] = before[-1]["step"] if before else None
+            summary["resumed_at_step"] = checkpoint_step(run_dir / "last.pth")
             cmd = clickpose("train", "--resume", str(run_dir / "last.pth"), *common, *args.train_args)
         else:
             if (run_dir / "last.pth").exists():
@@ -181,20 +180,32 @@ def run(args: argparse.Namespace) -> int:
             cmd = clickpose("train", "--out", str(run_dir), "--preset", args.preset, "--batch-size",
                             str(args.batch_size), *NEW_RUN, *common, *args.train_args)
         trained = time.time()
-        call(cmd, log, paths)
+        try:
+            call(cmd, log, paths)
+        except SystemExit as e:   # a booking is scarce: bring back the last checkpoint it wrote
+            if not (run_dir / "last.pth").exists():
+                raise
+            summary["error"] = str(e)
         summary["train_wall_s"] = round(time.time() - trained, 1)
-    lines = log_lines(run_dir / "log.jsonl")
-    first = summary["resumed_at_step"] or 0
-    new = [line for line in lines if line["step"] > first]
+    step, first = checkpoint_step(run_dir / "last.pth"), summary["resumed_at_step"] or 0
+    new = [line for line in log_lines(run_dir / "log.jsonl") if first < line["step"] <= step]
     manifest = split(run_dir / "last.pth", out, int(args.part_mib * MIB), MAX_PARTS)
     shutil.copy(run_dir / "log.jsonl", out / "log.jsonl")
-    summary.update(step=new[-1]["step"] if new else first, steps_this_run=(new[-1]["step"] - first) if new else 0,
+    summary.update(step=step, steps_this_run=step - first,
                    loss_first=new[0]["loss"] if new else None, loss_last=new[-1]["loss"] if new else None,
                    state_bytes=manifest["bytes"], parts=len(manifest["parts"]),
                    total_wall_s=round(time.time() - started, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
+    if "error" in summary:
+        print(f"{summary['error']}; brought back the state of step {step} it had saved", file=sys.stderr)
+        return 1
     return 0
+
+
+def checkpoint_step(path: Path) -> int:
+    import torch
+    return int(torch.load(path, map_location="cpu", weights_only=True)["trainer"]["step"])
 
 
 def main(argv: list[str] | None = None) -> int:

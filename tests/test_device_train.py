@@ -20,13 +20,13 @@ sys.path.insert(0, str(SCRIPT.parent))
 import device_train  # noqa: E402
 
 
-def device_run(tmp: Path, out: str, state: Path, *extra: str) -> dict:
+def device_run(tmp: Path, out: str, state: Path, *extra: str, rc: int = 0) -> dict:
     cmd = [sys.executable, str(SCRIPT), "run", "--out", str(tmp / out), "--state", str(state),
            "--work", str(tmp / "work"), "--device", "cpu", "--preset", "tiny", "--batch-size", "2",
            "--num-images", "6", "--size", "128x160", "--synth-workers", "2", "--loader-workers", "0",
            "--minutes", "0.05", "--part-mib", "0.6", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr + (tmp / out / "run.log").read_text()
+    assert done.returncode == rc, done.stdout + done.stderr + (tmp / out / "run.log").read_text()
     return json.loads((tmp / out / "summary.json").read_text())
 
 
@@ -51,6 +51,13 @@ def test_new_run_parts_join_and_resume(tmp_path):
     assert second["resumed_at_step"] == first["step"] and second["step"] > first["step"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "out2" / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[0] <= first["step"] < steps[-1]
+
+    # a training command that fails still brings back the last state it had (here: the resumed one)
+    failed = device_run(tmp_path, "out3", tmp_path / "out2", "--", "--lr-backbone", "fast", rc=1)
+    assert "train failed" in failed["error"] and failed["step"] == second["step"] and failed["steps_this_run"] == 0
+    device_train.join(tmp_path / "out3", tmp_path / "joined3" / "last.pth")
+    device_train.join(tmp_path / "out2", tmp_path / "joined2" / "last.pth")
+    assert (tmp_path / "joined3" / "last.pth").read_bytes() == (tmp_path / "joined2" / "last.pth").read_bytes()
 
 
 def test_join_refuses_damaged_or_missing_parts(tmp_path):
