@@ -12,8 +12,8 @@ state) travels as parts with a manifest of their sizes and SHA-256 sums:
     python3 scripts/device_train.py run --out "$OUT" --minutes 7
     # here, with the files it brought back (files_at of that call):
     scripts/device_train.py join --parts FILES_AT --to runs/device/last.pth
-    .venv/bin/clickpose train --resume runs/device/last.pth --export weights/clickpose_demo_synthetic.pth \\
-        --licence "..."
+    .venv/bin/clickpose train --resume runs/device/last.pth --export runs/device/weights.pth --licence "..."
+    # (evaluate on seed 2 before these weights replace the demo weights: docs/training.md)
     # to continue in a later booking, commit the parts and the log where `run` looks for them:
     cp FILES_AT/state.part* FILES_AT/manifest.json FILES_AT/log.jsonl weights/device_state/
 
