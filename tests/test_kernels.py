@@ -290,6 +290,17 @@ def test_sampler_result_does_not_depend_on_its_chunking(monkeypatch):
     assert torch.allclose(whole, da.deformable_sample_reference(table, layout, loc, weights), atol=1e-5)
 
 
+def test_sampler_chunks_only_on_a_cpu():
+    from clickpose_core.model.deformable_attention import _CHUNK_ELEMENTS, queries_per_chunk
+    cpu = torch.device("cpu")
+    # on a CPU, the larger the batch the fewer queries a chunk holds (the temporaries fit the cache)
+    assert queries_per_chunk(cpu, 32, 128, 4080) < queries_per_chunk(cpu, 2, 128, 4080) < 4080
+    assert queries_per_chunk(cpu, 1, 10 * _CHUNK_ELEMENTS, 50) == 1
+    # on an accelerator, one pass whatever the batch (torch.device needs no GPU to name one)
+    for name in ("cuda", "cuda:1", "mps"):
+        assert queries_per_chunk(torch.device(name), 32, 128, 4080) == 4080
+
+
 def test_proposals_box_head_runs_on_the_kept_tokens_with_the_same_boxes():
     from clickpose_core.model.deformable_attention import LevelLayout
     from clickpose_core.model.transformer import token_anchors

@@ -90,3 +90,47 @@ def test_more_predictions_than_targets_and_empty_image():
     matches = HungarianMatcher(SIGMAS)(two, [gt, empty], use_keypoints=True)
     assert matches[0][0].tolist() == [1] and matches[0][1].tolist() == [0]
     assert len(matches[1][0]) == 0
+
+
+def random_batch(g, persons, q=12):
+    """Outputs for len(persons) images of q queries and targets with those person counts."""
+    b = len(persons)
+    out = {"pred_logits": torch.randn(b, q, 2, generator=g), "pred_boxes": 0.1 + 0.8 * torch.rand(b, q, 4, generator=g),
+           "pred_keypoints": torch.cat([torch.rand(b, q, 2 * K, generator=g), torch.ones(b, q, K)], -1)}
+    targets = []
+    for n in persons:
+        cxcy, wh = 0.2 + 0.6 * torch.rand(n, 2, generator=g), 0.05 + 0.3 * torch.rand(n, 2, generator=g)
+        vis = (torch.rand(n, K, generator=g) > 0.3).float()
+        targets.append({"labels": torch.ones(n, dtype=torch.int64), "boxes": torch.cat([cxcy, wh], 1),
+                        "keypoints": torch.cat([torch.rand(n, 2 * K, generator=g), vis], 1),
+                        "area": 0.01 + 0.1 * torch.rand(n, generator=g)})
+    return out, targets
+
+
+def test_batched_costs_and_matches_equal_those_of_each_image_alone():
+    from scipy.optimize import linear_sum_assignment
+    g = torch.Generator().manual_seed(3)
+    m = HungarianMatcher(SIGMAS)
+    out, targets = random_batch(g, [3, 0, 1, 5, 2])
+    for use_kpts in (True, False):
+        batched = m(out, targets, use_keypoints=use_kpts)
+        for b, t in enumerate(targets):
+            alone = m.cost_matrix(out["pred_logits"][b], out["pred_boxes"][b],
+                                  out["pred_keypoints"][b] if use_kpts else None, t)
+            assert alone.shape == (12, len(t["labels"]))
+            rows, cols = linear_sum_assignment(alone.numpy()) if len(t["labels"]) else ([], [])
+            assert batched[b][0].tolist() == list(rows) and batched[b][1].tolist() == list(cols), (b, use_kpts)
+    # no person in any image: empty matches, no cost computed
+    assert all(len(r) == len(c) == 0 for r, c in m(*random_batch(g, [0, 0]), use_keypoints=True))
+
+
+def test_batched_cost_matrix_is_the_per_image_one_stacked():
+    from clickpose_core.training.matcher import pad_targets
+    g = torch.Generator().manual_seed(4)
+    m = HungarianMatcher(SIGMAS)
+    out, targets = random_batch(g, [2, 4])
+    cost = m.cost_matrix(out["pred_logits"], out["pred_boxes"], out["pred_keypoints"], pad_targets(targets))
+    assert cost.shape == (2, 12, 4)
+    for b, t in enumerate(targets):
+        alone = m.cost_matrix(out["pred_logits"][b], out["pred_boxes"][b], out["pred_keypoints"][b], t)
+        assert torch.allclose(cost[b, :, :len(t["labels"])], alone, atol=1e-6)

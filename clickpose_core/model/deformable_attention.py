@@ -64,10 +64,21 @@ class LevelLayout:
 
 
 _BORDER = 3                 # padded size = size + 3 (one zero before, two after)
-# Samples per chunk and thread: each thread's share of the temporaries stays in its cache, and
-# the elementwise passes over a chunk are long enough to split across threads (800x1216: an
-# encoder layer's sampling 24 ms at 2 threads against 31 ms with a fixed 2**16-sample chunk).
+# Samples per chunk and thread on a CPU: each thread's share of the temporaries stays in its
+# cache, and the elementwise passes over a chunk are long enough to split across threads
+# (800x1216: an encoder layer's sampling 24 ms at 2 threads against 31 ms with a fixed
+# 2**16-sample chunk).
 _CHUNK_ELEMENTS = 1 << 17
+
+
+def queries_per_chunk(device: torch.device, batch: int, samples: int, queries: int) -> int:
+    """How many queries `deformable_sample` turns into table rows at a time. On a CPU, chunks
+    sized to the caches; elsewhere all at once: an accelerator has no such caches to fit, and
+    chunks sized for them (fewer queries the larger the batch) would only multiply the kernel
+    launches, by the batch size."""
+    if device.type != "cpu":
+        return queries
+    return max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // (batch * samples))
 
 
 def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, weights: Tensor) -> Tensor:
@@ -84,7 +95,7 @@ def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, we
         locations, weights = locations.float(), weights.float()
     geom = layout.geometry(locations, m, s)
     table = values.reshape(n * m * s, d)
-    chunk = max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // (n * geom.samples))
+    chunk = queries_per_chunk(values.device, n, geom.samples, q)
     parts = []
     for a in range(0, q, chunk):
         idx, wts = geom.corners(locations[:, a:a + chunk], weights[:, a:a + chunk], values.dtype)

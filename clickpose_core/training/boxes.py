@@ -15,16 +15,18 @@ def box_area(boxes: Tensor) -> Tensor:
 
 
 def pairwise_giou(a: Tensor, b: Tensor) -> Tensor:
-    """Generalised IoU of every pair: a [N, 4], b [M, 4] xyxy -> [N, M].
+    """Generalised IoU of every pair: a [..., N, 4], b [..., M, 4] xyxy -> [..., N, M] (leading
+    dims broadcast: one image, or a batch of them).
 
     Degenerate boxes (zero area) are allowed; the small epsilons only keep 0/0 finite.
     """
+    a, b = a[..., :, None, :], b[..., None, :, :]
     area_a, area_b = box_area(a), box_area(b)
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    lt = torch.maximum(a[..., :2], b[..., :2])
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)
-    union = area_a[:, None] + area_b[None, :] - inter
+    union = area_a + area_b - inter
     iou = inter / union.clamp(min=1e-7)
-    hull = (torch.maximum(a[:, None, 2:], b[None, :, 2:]) - torch.minimum(a[:, None, :2], b[None, :, :2]))
+    hull = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
     hull_area = hull.clamp(min=0).prod(-1)
     return iou - (hull_area - union) / hull_area.clamp(min=1e-7)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,6 +58,17 @@ def one_hot_labels(labels: Tensor, num_classes: int) -> Tensor:
     return F.one_hot(labels, num_classes + 1)[..., :num_classes].float()
 
 
+def matched_rows(matches: Matches, sizes: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per matched pair: its image, its prediction row and its person's row in the batch's
+    concatenated targets (int64, CPU). Built in numpy: no tensor operation per image, which on an
+    accelerator would be a kernel launch per image and layer."""
+    offsets = np.cumsum([0, *sizes[:-1]])
+    batch = np.concatenate([np.full(len(src), b, dtype=np.int64) for b, (src, _) in enumerate(matches)])
+    src = np.concatenate([src.numpy() for src, _ in matches]).astype(np.int64)
+    person = np.concatenate([tgt.numpy() + off for (_, tgt), off in zip(matches, offsets)]).astype(np.int64)
+    return torch.from_numpy(batch), torch.from_numpy(src), torch.from_numpy(person)
+
+
 def giou_loss(pred: Tensor, target: Tensor) -> Tensor:
     """pred, target [N, 4] cxcywh -> [N] 1 - GIoU of corresponding boxes."""
     if len(pred) == 0:
@@ -85,23 +97,26 @@ class SetCriterion:
     def set_losses(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], matches: Matches,
                    num_persons: float, with_keypoints: bool) -> dict[str, Tensor]:
         logits = outputs["pred_logits"]
-        batch = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(matches)])
-        src = torch.cat([src for src, _ in matches])
+        batch, src, person = matched_rows(matches, [len(t["labels"]) for t in targets])
+
+        def matched(key: str) -> Tensor:     # the matched persons' `key`, in the order of (batch, src)
+            return torch.cat([t[key] for t in targets])[person.to(targets[0][key].device)]
+
         labels = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        labels[batch, src] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, matches)])
+        labels[batch, src] = matched("labels")
         focal = sigmoid_focal_loss(logits, one_hot_labels(labels, logits.shape[-1]),
                                    self.weights.focal_alpha, self.weights.focal_gamma)
         losses = {"loss_ce": focal.sum() / num_persons}
 
         pred_boxes = outputs["pred_boxes"][batch, src]
-        gt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, matches)])
+        gt_boxes = matched("boxes")
         losses["loss_bbox"] = F.l1_loss(pred_boxes, gt_boxes, reduction="sum") / num_persons
         losses["loss_giou"] = giou_loss(pred_boxes, gt_boxes).sum() / num_persons
         if with_keypoints:
             k = self.num_keypoints
             pred_xy, _ = keypoint_xy_vis(outputs["pred_keypoints"][batch, src], k)
-            gt_xy, vis = keypoint_xy_vis(torch.cat([t["keypoints"][j] for t, (_, j) in zip(targets, matches)]), k)
-            area = torch.cat([t["area"][j] for t, (_, j) in zip(targets, matches)])
+            gt_xy, vis = keypoint_xy_vis(matched("keypoints"), k)
+            area = matched("area")
             losses["loss_keypoints"] = ((pred_xy - gt_xy).abs() * vis[..., None]).sum() / num_persons
             sim = oks(pred_xy, gt_xy, vis, area, self.sigmas.to(pred_xy)).clamp(min=1e-6)
             losses["loss_oks"] = (1 - sim).sum() / num_persons

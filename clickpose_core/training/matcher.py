@@ -61,10 +61,11 @@ class HungarianMatcher:
 
     def cost_matrix(self, logits: Tensor, boxes: Tensor, keypoints: Tensor | None, target: dict[str, Tensor]
                     ) -> Tensor:
-        """One image: logits [Q, C], boxes [Q, 4], keypoints [Q, 3K] or None -> cost [Q, N]."""
+        """One image: logits [Q, C], boxes [Q, 4], keypoints [Q, 3K] or None and target tensors
+        [N, ...] -> cost [Q, N]; a batch: the same with a leading [B] on every input -> [B, Q, N]."""
         c = self.costs
         labels = target["labels"]
-        prob = logits.sigmoid()[:, labels]                          # [Q, N]
+        prob = logits.sigmoid().gather(-1, labels.unsqueeze(-2).expand(*logits.shape[:-1], labels.shape[-1]))
         pos = c.focal_alpha * (1 - prob) ** c.focal_gamma * -(prob + 1e-8).log()
         neg = (1 - c.focal_alpha) * prob ** c.focal_gamma * -(1 - prob + 1e-8).log()
         cost = c.cls * (pos - neg)
@@ -75,25 +76,54 @@ class HungarianMatcher:
         k = len(self.sigmas)
         pred_xy, _ = keypoint_xy_vis(keypoints, k)
         gt_xy, vis = keypoint_xy_vis(target["keypoints"], k)
-        l1 = ((pred_xy[:, None] - gt_xy[None]).abs() * vis[None, :, :, None]).sum((-1, -2))
-        sim = oks(pred_xy[:, None], gt_xy[None], vis[None], target["area"][None],
-                  self.sigmas.to(keypoints)).clamp(min=1e-6)
+        pred_xy, gt_xy, vis = pred_xy.unsqueeze(-3), gt_xy.unsqueeze(-4), vis.unsqueeze(-3)   # [.., Q|1, 1|N, K, ..]
+        l1 = ((pred_xy - gt_xy).abs() * vis[..., None]).sum((-1, -2))
+        sim = oks(pred_xy, gt_xy, vis, target["area"].unsqueeze(-2), self.sigmas.to(keypoints)).clamp(min=1e-6)
         return cost + c.keypoints * l1 + c.oks * (1 - sim)
 
     @torch.no_grad()
     def __call__(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]], use_keypoints: bool
                  ) -> Matches:
-        """outputs: pred_logits [B, Q, C], pred_boxes [B, Q, 4], pred_keypoints [B, Q, 3K]."""
+        """outputs: pred_logits [B, Q, C], pred_boxes [B, Q, 4], pred_keypoints [B, Q, 3K].
+
+        The costs of the whole batch are one computation over targets padded to the most persons
+        of an image (one transfer to the CPU for scipy), not one per image: on an accelerator each
+        operation is a kernel launch, and per-image ones would multiply them by the batch size."""
+        sizes = [len(t["labels"]) for t in targets]
+        empty = torch.zeros(0, dtype=torch.int64)
+        if max(sizes, default=0) == 0:
+            return [(empty, empty) for _ in targets]
+        padded = pad_targets(targets)
+        kpts = outputs["pred_keypoints"].float() if use_keypoints else None
+        cost = self.cost_matrix(outputs["pred_logits"].float(), outputs["pred_boxes"].float(), kpts, padded)
+        cost = np.nan_to_num(cost.cpu().numpy(), nan=1e6)
         matches = []
-        for b, target in enumerate(targets):
-            if len(target["labels"]) == 0:
-                empty = torch.zeros(0, dtype=torch.int64)
+        for b, n in enumerate(sizes):
+            if n == 0:
                 matches.append((empty, empty))
                 continue
-            kpts = outputs["pred_keypoints"][b].float() if use_keypoints else None
-            cost = self.cost_matrix(outputs["pred_logits"][b].float(), outputs["pred_boxes"][b].float(),
-                                    kpts, {k: v.float() if v.is_floating_point() else v
-                                           for k, v in target.items()})
-            rows, cols = linear_sum_assignment(np.nan_to_num(cost.cpu().numpy(), nan=1e6))
+            rows, cols = linear_sum_assignment(cost[b, :, :n])
             matches.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return matches
+
+
+# Padding of the targets' person dimension: a valid box and area, unlabelled joints, so the padded
+# columns of a cost matrix stay finite (they are cut off before the assignment).
+_PAD = {"labels": 0, "boxes": 0.25, "keypoints": 0.0, "area": 1.0}
+
+
+def pad_targets(targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The targets' labels [B, N], boxes [B, N, 4], keypoints [B, N, 3K] and area [B, N] (float32),
+    padded to N = the most persons of an image. A few operations per field whatever the batch:
+    the persons of all images are concatenated and scattered into place at once."""
+    sizes = [len(t["labels"]) for t in targets]
+    rows = (torch.from_numpy(np.repeat(np.arange(len(sizes)), sizes)),
+            torch.from_numpy(np.concatenate([np.arange(n) for n in sizes])))
+    out = {}
+    for key, value in _PAD.items():
+        flat = torch.cat([t[key] for t in targets])
+        flat = flat if key == "labels" else flat.float()
+        padded = flat.new_full((len(sizes), max(sizes), *flat.shape[1:]), value)
+        padded[tuple(r.to(flat.device) for r in rows)] = flat
+        out[key] = padded
+    return out
