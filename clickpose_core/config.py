@@ -106,7 +106,7 @@ class ClickPoseConfig:
     def medium(cls) -> "ClickPoseConfig":
         """About 3x the small preset's parameters (3.9 M, 15 MiB) at the synthetic images' own
         384x512: twice the transformer width, a deeper trunk and decoder. Meant for an accelerator;
-        on the 2-core CPU a training step costs about 3.5x the small one's."""
+        on one CPU core a training step costs about 6x the small one's."""
         return cls(backbone_widths=(16, 32, 64, 128), backbone_blocks=(1, 2, 2, 1),
                    hidden_dim=128, nheads=8, dim_feedforward=512, enc_layers=3, dec_layers=5,
                    num_queries=200, num_group=30, num_select=20, dn_number=20,

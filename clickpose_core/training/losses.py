@@ -3,8 +3,9 @@
 Every decoder layer, every feedback (refinement) layer and the encoder proposals are matched to the
 ground truth on their own and scored with: sigmoid focal classification, box L1 + GIoU, and for layers
 that predict keypoints, visibility-weighted keypoint L1 + OKS. Denoising queries need no matching:
-each one reconstructs a known person. Sums are divided by the number of persons in the batch
-(denoising: by the number of denoising queries per image), as in the official criterion.
+each one reconstructs a known person. Sums are divided by the number of persons in the batch, as
+in the official criterion; denoising sums by the queries per image x batch / 2, which is the
+official normaliser at its per-GPU batch of 2 (see `denoising_losses`).
 """
 from __future__ import annotations
 
