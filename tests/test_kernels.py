@@ -291,14 +291,19 @@ def test_sampler_result_does_not_depend_on_its_chunking(monkeypatch):
 
 
 def test_sampler_chunks_only_on_a_cpu():
-    from clickpose_core.model.deformable_attention import _CHUNK_ELEMENTS, queries_per_chunk
+    from clickpose_core.model.deformable_attention import _ACCELERATOR_CHUNK_SAMPLES, _CHUNK_ELEMENTS, queries_per_chunk
     cpu = torch.device("cpu")
     # on a CPU, the larger the batch the fewer queries a chunk holds (the temporaries fit the cache)
     assert queries_per_chunk(cpu, 32, 128, 4080) < queries_per_chunk(cpu, 2, 128, 4080) < 4080
     assert queries_per_chunk(cpu, 1, 10 * _CHUNK_ELEMENTS, 50) == 1
-    # on an accelerator, one pass whatever the batch (torch.device needs no GPU to name one)
+    # on an accelerator (torch.device needs no GPU to name one): one pass for the medium preset's
+    # encoder at batch 32 and the R50's at 800x1216 and batch 8; chunks only past ~1 GB of temporaries
     for name in ("cuda", "cuda:1", "mps"):
-        assert queries_per_chunk(torch.device(name), 32, 128, 4080) == 4080
+        dev = torch.device(name)
+        assert queries_per_chunk(dev, 32, 128, 4080) == 4080
+        assert queries_per_chunk(dev, 8, 128, 20_000) == 20_000
+        big = queries_per_chunk(dev, 256, 128, 20_000)
+        assert big < 20_000 and big * 256 * 128 <= _ACCELERATOR_CHUNK_SAMPLES
 
 
 def test_proposals_box_head_runs_on_the_kept_tokens_with_the_same_boxes():

@@ -69,16 +69,18 @@ _BORDER = 3                 # padded size = size + 3 (one zero before, two after
 # (800x1216: an encoder layer's sampling 24 ms at 2 threads against 31 ms with a fixed
 # 2**16-sample chunk).
 _CHUNK_ELEMENTS = 1 << 17
+# Samples per chunk elsewhere: only a bound on the temporaries (about 1 GB of rows and weights),
+# so that a large batch on a small accelerator does not run out of memory.
+_ACCELERATOR_CHUNK_SAMPLES = 1 << 25
 
 
 def queries_per_chunk(device: torch.device, batch: int, samples: int, queries: int) -> int:
     """How many queries `deformable_sample` turns into table rows at a time. On a CPU, chunks
-    sized to the caches; elsewhere all at once: an accelerator has no such caches to fit, and
-    chunks sized for them (fewer queries the larger the batch) would only multiply the kernel
-    launches, by the batch size."""
-    if device.type != "cpu":
-        return queries
-    return max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // (batch * samples))
+    sized to the caches. Elsewhere, all at once up to a memory bound: an accelerator has no such
+    caches to fit, and chunks sized for them (fewer queries the larger the batch) would only
+    multiply the kernel launches, by the batch size."""
+    budget = _CHUNK_ELEMENTS * torch.get_num_threads() if device.type == "cpu" else _ACCELERATOR_CHUNK_SAMPLES
+    return max(1, min(queries, budget // (batch * samples)))
 
 
 def deformable_sample(values: Tensor, layout: LevelLayout, locations: Tensor, weights: Tensor) -> Tensor:
