@@ -2,7 +2,7 @@
 """Operations dispatched by one training step, by batch size: the figure that bounds a training
 step on an accelerator, where a network of this size is launch-bound (each operation costs a few
 microseconds of CPU-side dispatch and a kernel launch whatever its size). Measured on the CPU: the
-sampler is given its accelerator chunking (one pass), so the count is what a GPU step would
+sampler is given its accelerator chunking (one pass at these sizes), so the count is what a GPU step would
 launch (plus the optimizer's per-parameter updates, which torch's AdamW fuses on CUDA).
 
     .venv/bin/python scripts/bench_train_ops.py --preset medium --batch-sizes 2,8
@@ -46,7 +46,6 @@ def ops_per_step(preset: str, batch: int, steps: int, images: str, annotations: 
     data = CocoKeypoints(images, annotations, cfg, train=True, seed=0)
     trainer = Trainer(build_model(cfg), data, TrainConfig(steps=10 ** 9, batch_size=batch, heatmap_weight=1.0),
                       "/nonexistent-run-dir")   # train_step writes nothing
-    # The feedback rounds are drawn per step (1..K, power law), so the count varies step to step.
     counts = []
     for i, batch_data in zip(range(steps + 1), trainer.batches()):
         counter = CountOps()
@@ -70,7 +69,8 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if hasattr(deformable_attention, "queries_per_chunk"):   # absent before the sampler knew devices
-        deformable_attention.queries_per_chunk = lambda device, batch, samples, queries: queries
+        policy = deformable_attention.queries_per_chunk        # its accelerator chunking, on the CPU
+        deformable_attention.queries_per_chunk = lambda device, *shape: policy(torch.device("cuda"), *shape)
     # The number of click rounds is drawn per step (1..K, power law, mean 2.2) and each round is a
     # pass of the feedback layers: fixed at 2 here, so that the batch sizes' counts compare.
     feedback.power_law_count = lambda maximum, power, generator, size=1: torch.full((size,), 2)
