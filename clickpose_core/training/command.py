@@ -25,6 +25,7 @@ from .averaging import average_weights, run_snapshots
 from .data import CocoKeypoints
 from .distributed import World, run_processes
 from .engine import TrainConfig, Trainer, check_one_step_fits
+from .growth import deepen_pose_decoder
 
 PRESETS = {"r50": ClickPoseConfig.r50, "medium": ClickPoseConfig.medium, "small": ClickPoseConfig.small,
            "tiny": ClickPoseConfig.tiny}
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder: last.pth, step_*.pth, final.pth, log.jsonl")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model size (default small)")
     parser.add_argument("--init", help="start from these weights (fine-tuning); their config is used")
+    parser.add_argument("--add-pose-layers", type=int, default=0, metavar="N",
+                        help="with --init: append N pose layers that start as an identity step "
+                             "(training/growth.py), so a trained network gets a deeper decoder")
     parser.add_argument("--resume", help="continue a run from its last.pth (same data, settings and state)")
     parser.add_argument("--export", help="with --resume: write the weights alone (float32) here and exit")
     parser.add_argument("--average-since", type=int, default=None, metavar="STEP",
@@ -150,6 +154,19 @@ def train_process(job: TrainJob, world: World) -> None:
               f"weights in {os.path.join(job.out, 'final.pth')}")
 
 
+def _deepened_init(init: str, extra_layers: int, out: str) -> tuple[str, ClickPoseConfig]:
+    """Write `init` with `extra_layers` more pose layers into the run folder (every training
+    process loads its start from there); returns that file and its config."""
+    model, ckpt = build_from_checkpoint(init, dtype=torch.float32)
+    deeper = deepen_pose_decoder(model, extra_layers)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "init_deepened.pth")
+    save_checkpoint(path, deeper, {**ckpt.meta, "added_pose_layers": extra_layers})
+    print(f"{init}: {model.config.num_pose_layers} -> {deeper.config.num_pose_layers} pose layers, "
+          f"written to {path}")
+    return path, deeper.config
+
+
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,6 +176,11 @@ def run(args: argparse.Namespace) -> int:
         return export(args.resume, args.export, args.licence, args.average_since)
     if args.average_since is not None:
         raise SystemExit("--average-since goes with --export (it writes averaged weights, it does not train)")
+    if args.add_pose_layers < 0:
+        raise SystemExit(f"--add-pose-layers must be a positive number of layers, not {args.add_pose_layers}")
+    if args.add_pose_layers and (args.resume or not args.init):
+        raise SystemExit("--add-pose-layers deepens the weights of --init for a new run "
+                         "(a resumed run keeps its network)")
 
     if args.minutes is not None and not args.minutes > 0:
         raise SystemExit(f"--minutes must be a positive number of minutes, not {args.minutes}")
@@ -202,13 +224,17 @@ def run(args: argparse.Namespace) -> int:
         check_one_step_fits(images_in_data, tcfg.batch_size, tcfg.processes)
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    init = None if args.resume else args.init
+    if args.add_pose_layers:
+        init, cfg = _deepened_init(args.init, args.add_pose_layers, out)
+        meta["added_pose_layers"] = args.add_pose_layers
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
         json.dump({"model": cfg.to_dict(), "train": asdict(tcfg), "images": images, "annotations": annotations},
                   f, indent=1)
     job = TrainJob(cfg, tcfg, images, annotations, out, args.device, args.resume,
-                   None if args.resume else args.init, args.threads, not args.no_progress, args.minutes,
-                   {k: meta[k] for k in ("images", "annotations", "preset", "init", "host", "started", "licence")
-                    if meta.get(k) is not None})
+                   init, args.threads, not args.no_progress, args.minutes,
+                   {k: meta[k] for k in ("images", "annotations", "preset", "init", "added_pose_layers", "host",
+                                         "started", "licence") if meta.get(k) is not None})
     run_processes(tcfg.processes, functools.partial(train_process, job))
     return 0
