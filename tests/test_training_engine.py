@@ -1,4 +1,5 @@
 """The training loop: a few steps lower the loss; resuming continues bit for bit."""
+import dataclasses
 import json
 import math
 import os
@@ -232,3 +233,25 @@ def test_export_can_average_the_runs_snapshots(synth, tmp_path):
         main(["train", "--resume", str(run / "last.pth"), "--export", str(out), "--average-since", "99"])
     with pytest.raises(SystemExit, match="goes with --export"):
         main(["train", "--resume", str(run / "last.pth"), "--average-since", "2"])
+
+
+def test_command_sets_the_input_size_of_a_new_run(synth, tmp_path):
+    from clickpose_core.checkpoint import read_checkpoint, save_checkpoint
+    from clickpose_core.cli import main
+
+    images, annotations = synth
+    start = tmp_path / "start.pth"
+    save_checkpoint(start, build_model(ClickPoseConfig.tiny()), {})
+    run = tmp_path / "run"
+    assert main(["train", "--images", images, "--annotations", annotations, "--out", str(run), "--init", str(start),
+                 "--min-size", "96", "--max-size", "120", "--steps", "1", "--threads", "1", "--no-progress"]) == 0
+    cfg = read_checkpoint(str(run / "last.pth")).model_config()
+    assert (cfg.min_size, cfg.max_size) == (96, 120)
+    assert cfg == dataclasses.replace(ClickPoseConfig.tiny(), min_size=96, max_size=120)
+    image, _ = CocoKeypoints(images, annotations, cfg, train=False, seed=0)[0]     # 96x128 pictures
+    assert max(image.shape[-2:]) == 120
+    with pytest.raises(SystemExit, match="a resumed run keeps its own"):
+        main(["train", "--resume", str(run / "last.pth"), "--min-size", "128"])
+    with pytest.raises(SystemExit, match="at least 32 pixels"):
+        main(["train", "--images", images, "--annotations", annotations, "--out", str(tmp_path / "x"),
+              "--preset", "tiny", "--min-size", "8"])

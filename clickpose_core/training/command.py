@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--add-pose-layers", type=int, default=0, metavar="N",
                         help="with --init: append N pose layers that start as an identity step "
                              "(training/growth.py), so a trained network gets a deeper decoder")
+    parser.add_argument("--min-size", type=int, default=None,
+                        help="new run: the network's input short side (default: the preset's or --init's); "
+                             "training scales images to 0.6-1x of it")
+    parser.add_argument("--max-size", type=int, default=None,
+                        help="new run: the network's input long-side limit (default: the preset's or --init's)")
     parser.add_argument("--resume", help="continue a run from its last.pth (same data, settings and state)")
     parser.add_argument("--export", help="with --resume: write the weights alone (float32) here and exit")
     parser.add_argument("--average-since", type=int, default=None, metavar="STEP",
@@ -178,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--average-since goes with --export (it writes averaged weights, it does not train)")
     if args.add_pose_layers < 0:
         raise SystemExit(f"--add-pose-layers must be a positive number of layers, not {args.add_pose_layers}")
+    if args.resume and (args.min_size or args.max_size):
+        raise SystemExit("--min-size/--max-size set the input size of a new run (a resumed run keeps its own)")
+    if any(v is not None and v < 32 for v in (args.min_size, args.max_size)):
+        raise SystemExit(f"--min-size and --max-size must be at least 32 pixels, not {args.min_size} / {args.max_size}")
     if args.add_pose_layers and (args.resume or not args.init):
         raise SystemExit("--add-pose-layers deepens the weights of --init for a new run "
                          "(a resumed run keeps its network)")
@@ -206,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"{out} already holds a run; use --resume {os.path.join(out, 'last.pth')}")
         tcfg = _train_config(args)
         cfg = read_checkpoint(args.init).model_config() if args.init else PRESETS[args.preset]()
+        cfg = replace(cfg, min_size=args.min_size or cfg.min_size, max_size=args.max_size or cfg.max_size)
         meta = {"images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
                 "preset": None if args.init else args.preset, "init": args.init, "host": platform.node(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "licence": args.licence}
@@ -226,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(str(e)) from None
     init = None if args.resume else args.init
     if args.add_pose_layers:
-        init, cfg = _deepened_init(args.init, args.add_pose_layers, out)
+        init, deeper = _deepened_init(args.init, args.add_pose_layers, out)
+        cfg = replace(deeper, min_size=cfg.min_size, max_size=cfg.max_size)
         meta["added_pose_layers"] = args.add_pose_layers
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
