@@ -26,6 +26,15 @@ from clickpose_core.postprocess import person_scores, split_keypoints, to_pixels
 from clickpose_core.preprocess import preprocess  # noqa: E402
 
 
+def detections(layer: dict[str, torch.Tensor], keep: torch.Tensor, scores: torch.Tensor, num_keypoints: int,
+               size: tuple[int, int]) -> metrics.Detections:
+    """One decoder layer's outputs for the kept persons (keep [P] group ids, scores [G]) in pixels."""
+    kpt = split_keypoints(layer["pred_keypoints"][0][keep], num_keypoints)
+    boxes, kpt = to_pixels(layer["pred_boxes"][0][keep], kpt, size)
+    return metrics.Detections(np.arange(len(keep)), scores[keep].double().numpy(),
+                              boxes.double().numpy(), kpt.double().numpy())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="dataset folder (annotations.json, images/)")
@@ -47,16 +56,13 @@ def main() -> int:
         scores = person_scores(out["pred_logits"][0])
         keep = scores.topk(cfg.num_select).indices
         layers = out["aux_outputs"][cfg.num_box_decoder_layers:] + [out]
-        for j, layer in enumerate(layers):
-            kpt = split_keypoints(layer["pred_keypoints"][0][keep], cfg.num_keypoints)
-            boxes, kpt = to_pixels(layer["pred_boxes"][0][keep], kpt, batch.sizes[0])
-            det = metrics.Detections(np.arange(len(keep)), scores[keep].double().numpy(),
-                                     boxes.double().numpy(), kpt.double().numpy())
+        dets = [detections(layer, keep, scores, cfg.num_keypoints, batch.sizes[0]) for layer in layers]
+        for j, det in enumerate(dets):
             per_layer.setdefault(j, []).extend(metrics.coco_results(image_id, det, "keypoints"))
-        truth = data.truth(image_id)
-        best = metrics.oks(det.keypoints, truth.keypoints, truth.areas, cfg.sigmas).max(1) \
-            if truth.num_people else np.zeros(len(keep))
-        ranked = metrics.Detections(det.indices, best + 1e-3 * det.scores, det.boxes, det.keypoints)
+        last, truth = dets[-1], data.truth(image_id)
+        best = (metrics.oks(last.keypoints, truth.keypoints, truth.areas, cfg.sigmas).max(1)
+                if truth.num_people else np.zeros(len(keep)))
+        ranked = metrics.Detections(last.indices, best + 1e-3 * last.scores, last.boxes, last.keypoints)
         oracle.extend(metrics.coco_results(image_id, ranked, "keypoints"))
 
     def row(name: str, results: list[dict]) -> None:

@@ -252,6 +252,9 @@ def test_command_sets_the_input_size_of_a_new_run(synth, tmp_path):
     assert max(image.shape[-2:]) == 120
     with pytest.raises(SystemExit, match="a resumed run keeps its own"):
         main(["train", "--resume", str(run / "last.pth"), "--min-size", "128"])
+    with pytest.raises(SystemExit, match="exceeds the long-side limit"):
+        main(["train", "--images", images, "--annotations", annotations, "--out", str(tmp_path / "x"),
+              "--preset", "tiny", "--min-size", "256"])
     with pytest.raises(SystemExit, match="at least 32 pixels"):
         main(["train", "--images", images, "--annotations", annotations, "--out", str(tmp_path / "x"),
               "--preset", "tiny", "--min-size", "8"])

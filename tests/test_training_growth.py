@@ -39,7 +39,8 @@ def test_new_pose_layers_start_as_identity_steps():
         assert all(torch.equal(a[k], b[k]) for k in a)
     first, second = new_layers[n], new_layers[n + 1]
     # Person scores stay the old network's; boxes and keypoints are what the last old layer passed
-    # on, and an identity step passes them on again unchanged.
+    # on, and an identity step passes them on again unchanged (only the sampling windows of the
+    # keypoints change: their size head is shared by every pose layer).
     for layer in (first, second):
         torch.testing.assert_close(layer["pred_logits"], before["pred_logits"], atol=1e-5, rtol=0)
     torch.testing.assert_close(second["pred_boxes"], first["pred_boxes"], atol=1e-6, rtol=0)
@@ -50,6 +51,10 @@ def test_new_pose_layers_start_as_identity_steps():
 
 def test_deepened_network_keeps_clicked_joints_pinned():
     new = deepen_pose_decoder(tiny_random_model(seed=4), 1).eval()
+    dec = new.transformer.decoder
+    with torch.no_grad():        # as if trained: the new layer's keypoint offsets are no longer zero
+        dec.pose_embed[-2].layers[-1].weight.normal_(0.0, 0.05)
+        dec.pose_embed[-2].layers[-1].bias.normal_(0.0, 0.05)
     images, masks = image_and_mask(1)
     k = new.config.num_keypoints
     boxes = torch.tensor([[[0.5, 0.5, 0.4, 0.6]]])
@@ -93,13 +98,13 @@ def test_command_deepens_the_init_weights(synth, tmp_path):
     assert ckpt.meta["added_pose_layers"] == 2 and ckpt.meta["init"] == str(start)
     assert main(["train", "--resume", str(run / "last.pth"), "--steps", "2", "--no-progress"]) == 0
     assert read_checkpoint(str(run / "last.pth")).meta["added_pose_layers"] == 2
-    for bad, message in ((["--preset", "tiny"], "deepens the weights of --init"),
-                         (["--init", str(start), "--add-pose-layers", "-1"], "must be a positive number")):
-        argv = ["train", "--images", images, "--annotations", annotations, "--out", str(tmp_path / "x"), *bad]
-        if "--add-pose-layers" not in bad:
-            argv += ["--add-pose-layers", "1"]
-        with pytest.raises(SystemExit, match=message):
-            main(argv)
-    with pytest.raises(SystemExit, match="a resumed run keeps its network"):
+    data = ["--images", images, "--annotations", annotations, "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit, match="deepens the weights of --init"):
+        main(["train", *data, "--preset", "tiny", "--add-pose-layers", "1"])
+    with pytest.raises(SystemExit, match="must be 0 or more"):
+        main(["train", *data, "--init", str(start), "--add-pose-layers", "-1"])
+    with pytest.raises(SystemExit, match="a resumed run keeps its own"):
         main(["train", "--resume", str(run / "last.pth"), "--add-pose-layers", "1"])
+    with pytest.raises(SystemExit, match="a resumed run keeps its own"):      # nor does an export
+        main(["train", "--resume", str(run / "last.pth"), "--export", str(tmp_path / "w.pth"), "--add-pose-layers", "1"])
     assert not (tmp_path / "x").exists()

@@ -175,21 +175,21 @@ def _deepened_init(init: str, extra_layers: int, out: str) -> tuple[str, ClickPo
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.add_pose_layers < 0:
+        raise SystemExit(f"--add-pose-layers must be 0 or more layers, not {args.add_pose_layers}")
+    if args.resume and (args.min_size or args.max_size or args.add_pose_layers):
+        raise SystemExit("--min-size, --max-size and --add-pose-layers shape a new run's network "
+                         "(a resumed run keeps its own)")
+    if args.add_pose_layers and not args.init:
+        raise SystemExit("--add-pose-layers deepens the weights of --init: name them")
+    if any(v is not None and v < 32 for v in (args.min_size, args.max_size)):
+        raise SystemExit(f"--min-size and --max-size must be at least 32 pixels, not {args.min_size} / {args.max_size}")
     if args.export:
         if not args.resume:
             raise SystemExit("--export needs --resume CHECKPOINT")
         return export(args.resume, args.export, args.licence, args.average_since)
     if args.average_since is not None:
         raise SystemExit("--average-since goes with --export (it writes averaged weights, it does not train)")
-    if args.add_pose_layers < 0:
-        raise SystemExit(f"--add-pose-layers must be a positive number of layers, not {args.add_pose_layers}")
-    if args.resume and (args.min_size or args.max_size):
-        raise SystemExit("--min-size/--max-size set the input size of a new run (a resumed run keeps its own)")
-    if any(v is not None and v < 32 for v in (args.min_size, args.max_size)):
-        raise SystemExit(f"--min-size and --max-size must be at least 32 pixels, not {args.min_size} / {args.max_size}")
-    if args.add_pose_layers and (args.resume or not args.init):
-        raise SystemExit("--add-pose-layers deepens the weights of --init for a new run "
-                         "(a resumed run keeps its network)")
 
     if args.minutes is not None and not args.minutes > 0:
         raise SystemExit(f"--minutes must be a positive number of minutes, not {args.minutes}")
@@ -216,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
         tcfg = _train_config(args)
         cfg = read_checkpoint(args.init).model_config() if args.init else PRESETS[args.preset]()
         cfg = replace(cfg, min_size=args.min_size or cfg.min_size, max_size=args.max_size or cfg.max_size)
+        if cfg.min_size > cfg.max_size:
+            raise SystemExit(f"the input short side {cfg.min_size} exceeds the long-side limit {cfg.max_size}: "
+                             "raise --max-size too")
         meta = {"images": os.path.abspath(images), "annotations": os.path.abspath(annotations),
                 "preset": None if args.init else args.preset, "init": args.init, "host": platform.node(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "licence": args.licence}

@@ -21,13 +21,17 @@ def deepen_pose_decoder(model: ClickPose, extra_layers: int) -> ClickPose:
     Every existing parameter is copied. Each new layer starts from the last pose layer's weights,
     with the outputs of its three residual branches (self-attention, deformable cross-attention,
     feed-forward) and of its box and keypoint offset heads zeroed, its layer norms set to identity,
-    and the last layer's class head. Such a layer passes its input tokens on rescaled per token,
-    which the decoder's shared final norm undoes, so:
+    and the last layer's class head. Such a layer passes its input tokens on standardised (shifted
+    and scaled per token), which the decoder's shared final norm undoes, so:
 
     * person scores are the old network's;
     * boxes and keypoints are the references the old last layer passed on. A pose layer predicts
       from its normed tokens but passes on references made from its raw tokens (as the official
       model does), so these differ a little from the old last layer's own predictions.
+
+    The keypoint-size head is one MLP shared by every pose layer, so it cannot start at zero in
+    the new layers: they still resize the keypoints' sampling windows, which only a later layer's
+    cross-attention reads, never a prediction.
 
     Copying the weights rather than drawing them at random gives the new layers the old layer's
     sampling offsets and attention: once a zeroed output moves, what flows through it is already
@@ -37,10 +41,13 @@ def deepen_pose_decoder(model: ClickPose, extra_layers: int) -> ClickPose:
         raise ValueError(f"extra_layers must be at least 1, got {extra_layers}")
     old_cfg = model.config
     new = build_model(replace(old_cfg, dec_layers=old_cfg.dec_layers + extra_layers))
-    new.to(next(model.parameters()).dtype)
+    like = next(model.parameters())
+    new.to(device=like.device, dtype=like.dtype)
     # Keys of layers that exist in both are the same; the new layers' keys are missing and set
     # below. The keypoint placement MLP is the last `pose_embed` entry in both, so its index moves.
-    new.load_state_dict(model.state_dict(), strict=False)
+    unexpected = new.load_state_dict(model.state_dict(), strict=False).unexpected_keys
+    if unexpected:
+        raise RuntimeError(f"the deeper network has no place for {unexpected[:3]}: the two layouts disagree")
     src, dst = model.transformer.decoder, new.transformer.decoder
     last, last_pose = old_cfg.dec_layers - 1, old_cfg.num_pose_layers - 1
     with torch.no_grad():
