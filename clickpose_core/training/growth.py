@@ -63,7 +63,8 @@ def deepen_pose_decoder(model: ClickPose, extra_layers: int) -> ClickPose:
                 norm.weight.fill_(1.0)
                 norm.bias.zero_()
             dst.class_embed[lid].load_state_dict(src.class_embed[last].state_dict())
-            for head, origin in ((dst.bbox_embed[lid], src.bbox_embed[last]), (dst.pose_embed[j], src.pose_embed[last_pose])):
+            heads = ((dst.bbox_embed[lid], src.bbox_embed[last]), (dst.pose_embed[j], src.pose_embed[last_pose]))
+            for head, origin in heads:
                 head.load_state_dict(origin.state_dict())
                 head.layers[-1].weight.zero_()
                 head.layers[-1].bias.zero_()
