@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"{out} already holds a run; use --resume {os.path.join(out, 'last.pth')}")
         tcfg = _train_config(args)
         cfg = read_checkpoint(args.init).model_config() if args.init else PRESETS[args.preset]()
-        cfg = replace(cfg, min_size=args.min_size or cfg.min_size, max_size=args.max_size or cfg.max_size)
+        cfg = cfg.replace(min_size=args.min_size or cfg.min_size, max_size=args.max_size or cfg.max_size)
         if cfg.min_size > cfg.max_size:
             raise SystemExit(f"the input short side {cfg.min_size} exceeds the long-side limit {cfg.max_size}: "
                              "raise --max-size too")
@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     init = None if args.resume else args.init
     if args.add_pose_layers:
         init, deeper = _deepened_init(args.init, args.add_pose_layers, out)
-        cfg = replace(deeper, min_size=cfg.min_size, max_size=cfg.max_size)
+        cfg = deeper.replace(min_size=cfg.min_size, max_size=cfg.max_size)
         meta["added_pose_layers"] = args.add_pose_layers
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
