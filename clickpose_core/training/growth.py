@@ -8,8 +8,6 @@ training can put the new depth to use from where the old network stands.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from ..model.clickpose import ClickPose, build_model
@@ -40,7 +38,7 @@ def deepen_pose_decoder(model: ClickPose, extra_layers: int) -> ClickPose:
     if extra_layers < 1:
         raise ValueError(f"extra_layers must be at least 1, got {extra_layers}")
     old_cfg = model.config
-    new = build_model(replace(old_cfg, dec_layers=old_cfg.dec_layers + extra_layers))
+    new = build_model(old_cfg.replace(dec_layers=old_cfg.dec_layers + extra_layers))
     like = next(model.parameters())
     new.to(device=like.device, dtype=like.dtype)
     # Keys of layers that exist in both are the same; the new layers' keys are missing and set
